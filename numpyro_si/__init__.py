@@ -1,0 +1,43 @@
+"""numpyro_si: stochastic-interpolant generative models as NumPyro distributions."""
+
+from . import oracle
+from ._distribution import SIFlow, Standardization
+from ._dynamics import (
+    AbstractEps,
+    ConstantEps,
+    CustomEps,
+    DecayingEps,
+    Fields,
+    FunctionField,
+    ZeroEndsEps,
+    as_eps,
+)
+from ._interpolants import (
+    AbstractGamma,
+    AbstractInterpolant,
+    AbstractOneSidedInterpolant,
+    BrownianGamma,
+    CustomGamma,
+    CustomInterpolant,
+    EncoderDecoderInterpolant,
+    LinearInterpolant,
+    MirrorInterpolant,
+    OneSidedLinearInterpolant,
+    OneSidedTrigonometricInterpolant,
+    OneSidedVPInterpolant,
+    QuadraticGamma,
+    SinSquaredGamma,
+    TrigonometricInterpolant,
+    VPTrigonometricInterpolant,
+    ZeroGamma,
+)
+from ._solvers import (
+    AbstractDivergence,
+    AbstractSampler,
+    ExactDivergence,
+    HutchinsonDivergence,
+    ODESampler,
+    SDESampler,
+    SolveInfo,
+)
+from ._version import __version__

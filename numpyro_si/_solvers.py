@@ -1,0 +1,266 @@
+"""diffrax solves for the dynamics: ODE transport, SDE transport and the ODE likelihood.
+
+One path each, taking a drift (and for SDEs a noise level) plus a solver object, in the manner of
+`diffrax.diffeqsolve`. Fields act on one point; batching is `jax.vmap` at the call site.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import NamedTuple
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
+
+from ._dynamics import AbstractEps, ConstantEps, Fields
+
+
+class SolveInfo(NamedTuple):
+    """What a solve did: `num_steps` taken (accepted and rejected) and whether it `succeeded`
+    (False when the step budget `max_steps` ran out)."""
+
+    num_steps: Int[Array, ""]
+    succeeded: Bool[Array, ""]
+
+
+# ----------------------------------------------------------------------------------------------
+# samplers: how to transport base draws to the target
+# ----------------------------------------------------------------------------------------------
+
+
+class AbstractSampler(eqx.Module):
+    """How `SIFlow.sample` moves base draws to the target."""
+
+
+class ODESampler(AbstractSampler):
+    """The probability-flow ODE dX = b dt.
+
+    **Arguments:**
+
+    - `solver`: a diffrax ODE solver (default `diffrax.Tsit5()`, adaptive with the flow's
+      `rtol`/`atol`).
+    - `n_steps`: if given, `n_steps` fixed steps instead of adaptive stepping.
+    - `max_steps`: step budget of an adaptive solve.
+    """
+
+    solver: diffrax.AbstractSolver = diffrax.Tsit5()
+    n_steps: int | None = eqx.field(default=None, static=True)
+    max_steps: int = eqx.field(default=4096, static=True)
+
+
+class SDESampler(AbstractSampler):
+    """The forward SDE dX = (b + eps s) dt + sqrt(2 eps) dW from t = 0 to 1.
+
+    The step that ends at the data end t = 1 is a deterministic Euler step of the ODE, since the
+    score of a velocity-only one-sided model is singular there (for the linear path this last step
+    is exactly the Tweedie denoiser E[x1 | x_t]).
+
+    **Arguments:**
+
+    - `eps`: the noise level, an `AbstractEps` (see `as_eps`).
+    - `n_steps`: number of fixed steps on [0, 1].
+    - `solver`: a diffrax SDE solver for additive noise (default `diffrax.Euler()`,
+      Euler-Maruyama).
+    """
+
+    eps: AbstractEps = ConstantEps(1.0)
+    n_steps: int = eqx.field(default=256, static=True)
+    solver: diffrax.AbstractSolver = diffrax.Euler()
+
+    def __check_init__(self):
+        if self.n_steps < 2:
+            raise ValueError(f"SDESampler needs n_steps >= 2, got {self.n_steps}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# divergence estimators
+# ----------------------------------------------------------------------------------------------
+
+
+class AbstractDivergence(eqx.Module):
+    """How div b is computed in the likelihood."""
+
+    @abc.abstractmethod
+    def probe(self, key: PRNGKeyArray | None, x: Array):
+        """Randomness drawn once per solve (None for an exact method)."""
+
+    @abc.abstractmethod
+    def __call__(self, fn: Callable, x: Array, probe) -> tuple[Array, Array]:
+        """(fn(x), div fn(x))."""
+
+
+class ExactDivergence(AbstractDivergence):
+    """Trace of the Jacobian from d forward-mode JVPs (`jax.jacfwd`). Exact; cost grows with d."""
+
+    def probe(self, key, x):
+        return None
+
+    def __call__(self, fn, x, probe):
+        value, jvp_fn = jax.linearize(fn, x)
+        basis = jnp.eye(x.shape[-1], dtype=x.dtype)
+        jac_columns = jax.vmap(jvp_fn)(basis)  # row i = J e_i
+        return value, jnp.trace(jac_columns)
+
+
+class HutchinsonDivergence(AbstractDivergence):
+    """Hutchinson's estimator E_v[v^T J v], one JVP per probe, the probes fixed along a path.
+
+    Unbiased but stochastic: `log_prob` becomes a random estimate (deterministic for a given
+    `key`). Never feed it to a Metropolis-Hastings ratio as if it were exact.
+
+    **Arguments:**
+
+    - `key`: the key the probes are drawn from (folded with each point's index).
+    - `n_probes`: probes per point.
+    - `noise`: "rademacher" or "gaussian".
+    """
+
+    key: PRNGKeyArray
+    n_probes: int = eqx.field(default=1, static=True)
+    noise: str = eqx.field(default="rademacher", static=True)
+
+    def __check_init__(self):
+        if self.noise not in ("rademacher", "gaussian"):
+            raise ValueError(f"noise must be 'rademacher' or 'gaussian', got {self.noise!r}.")
+
+    def probe(self, key, x):
+        shape = (self.n_probes, x.shape[-1])
+        if self.noise == "rademacher":
+            return jax.random.rademacher(key, shape, dtype=x.dtype)
+        return jax.random.normal(key, shape, dtype=x.dtype)
+
+    def __call__(self, fn, x, probe):
+        value, jvp_fn = jax.linearize(fn, x)
+        jv = jax.vmap(jvp_fn)(probe)
+        return value, jnp.mean(jnp.sum(probe * jv, axis=-1))
+
+
+# ----------------------------------------------------------------------------------------------
+# solves
+# ----------------------------------------------------------------------------------------------
+
+
+def _step_controller(n_steps, rtol, atol, t0, t1):
+    if n_steps is None:
+        return diffrax.PIDController(rtol=rtol, atol=atol), None
+    return diffrax.ConstantStepSize(), (t1 - t0) / n_steps
+
+
+def _info(sol) -> SolveInfo:
+    return SolveInfo(
+        num_steps=sol.stats["num_steps"],
+        succeeded=sol.result == diffrax.RESULTS.successful,
+    )
+
+
+def solve_ode(
+    drift: Callable, x: Float[Array, " d"], t0: float, t1: float, *, sampler: ODESampler,
+    rtol: float, atol: float,
+) -> tuple[Float[Array, " d"], SolveInfo]:
+    """X(t1) for dX = drift(t, X) dt from X(t0) = x (t1 < t0 runs backward)."""
+    controller, dt0 = _step_controller(sampler.n_steps, rtol, atol, t0, t1)
+    term = diffrax.ODETerm(lambda t, y, args: drift(t, y))
+    sol = diffrax.diffeqsolve(
+        term, sampler.solver, t0, t1, dt0, x, stepsize_controller=controller,
+        max_steps=sampler.max_steps if sampler.n_steps is None else sampler.n_steps,
+        throw=False,
+    )
+    return sol.ys[-1], _info(sol)
+
+
+def solve_sde(
+    fields: Fields, x: Float[Array, " d"], key: PRNGKeyArray, t0: float, t1: float, *,
+    sampler: SDESampler, data_end: float,
+) -> Float[Array, " d"]:
+    """One SDE path from X(t0) = x to t1: forward (b + eps s) if t1 > t0, backward (b - eps s) if
+    t1 < t0. The step adjacent to `data_end` is a deterministic Euler step of the ODE.
+
+    Time is run forward internally (u = |t - t0|), so diffrax's Brownian motion always goes
+    forward: dX = sign * drift(t0 + sign * u, X) du + sqrt(2 eps) dW_u.
+    """
+    sign = 1.0 if t1 > t0 else -1.0
+    eps = sampler.eps
+    drift = fields.forward_drift(eps) if sign > 0 else fields.backward_drift(eps)
+    n = sampler.n_steps
+    h = abs(t1 - t0) / n
+    span = abs(t1 - t0)
+
+    def stochastic(y, u_start, u_end):
+        def drift_u(u, y, args):
+            return sign * drift(t0 + sign * u, y)
+
+        def diffusion_u(u, y, args):
+            scale = jnp.sqrt(2.0 * eps(t0 + sign * u)) * jnp.ones_like(y)
+            return lineax.DiagonalLinearOperator(scale)
+
+        brownian = diffrax.VirtualBrownianTree(
+            u_start, u_end, tol=h / 4, shape=jax.ShapeDtypeStruct(y.shape, y.dtype), key=key
+        )
+        terms = diffrax.MultiTerm(diffrax.ODETerm(drift_u), diffrax.ControlTerm(diffusion_u, brownian))
+        sol = diffrax.diffeqsolve(
+            terms, sampler.solver, u_start, u_end, h, y, max_steps=n, throw=True
+        )
+        return sol.ys[-1]
+
+    def deterministic(y, t):
+        return y + sign * h * fields.b(t, y)
+
+    if sign > 0 and abs(t1 - data_end) < 1e-12:
+        y = stochastic(x, 0.0, span - h)
+        return deterministic(y, t1 - h)
+    if sign < 0 and abs(t0 - data_end) < 1e-12:
+        y = deterministic(x, t0)
+        return stochastic(y, h, span)
+    return stochastic(x, 0.0, span)
+
+
+def ode_log_likelihood(
+    velocity: Callable, base_log_prob: Callable, x: Float[Array, " d"], t: float, t_base: float,
+    *, sampler: ODESampler, divergence: AbstractDivergence, key: PRNGKeyArray | None,
+    rtol: float, atol: float,
+) -> tuple[Float[Array, ""], SolveInfo]:
+    """log rho_t(x) = log rho0(X(t_base)) - integral_{t_base}^{t} div b dt, solving backward from
+    X(t) = x (MATH.md section 4). Returns -inf where the solver ran out of steps."""
+    probe = divergence.probe(key, x)
+
+    def augmented(s, state, args):
+        y, _ = state
+        value, div = divergence(lambda y_: velocity(s, y_), y, probe)
+        return value, div
+
+    y0 = (x, jnp.zeros((), dtype=x.dtype))
+    controller, dt0 = _step_controller(sampler.n_steps, rtol, atol, t, t_base)
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(augmented), sampler.solver, t, t_base, dt0, y0,
+        stepsize_controller=controller,
+        max_steps=sampler.max_steps if sampler.n_steps is None else sampler.n_steps,
+        throw=False,
+    )
+    y_base, integral = sol.ys[0][-1], sol.ys[1][-1]
+    # integral = int_t^{t_base} div b ds = -int_{t_base}^t div b ds
+    info = _info(sol)
+    log_prob = base_log_prob(y_base) + integral
+    return jnp.where(info.succeeded, log_prob, -jnp.inf), info
+
+
+def euler_maruyama_reference(
+    drift: Callable, eps: Callable, x: ArrayLike, key: PRNGKeyArray, t0: float, t1: float,
+    n_steps: int,
+) -> Array:
+    """A plain Euler-Maruyama loop, only as an independent reference in tests."""
+    h = (t1 - t0) / n_steps
+
+    def step(y, inputs):
+        i, k = inputs
+        t = t0 + i * h
+        noise = jax.random.normal(k, y.shape, dtype=y.dtype)
+        return y + h * drift(t, y) + jnp.sqrt(2 * eps(t) * abs(h)) * noise, None
+
+    keys = jax.random.split(key, n_steps)
+    y, _ = jax.lax.scan(step, jnp.asarray(x), (jnp.arange(n_steps), keys))
+    return y
