@@ -41,3 +41,16 @@ from ._solvers import (
     SolveInfo,
 )
 from ._version import __version__
+from ._networks import ACTIVATIONS, FieldMLP
+from ._objectives import (
+    AbstractTimeSampler,
+    BetaTime,
+    UniformTime,
+    denoiser_loss,
+    sample_coupling,
+    score_loss,
+    v_loss,
+    velocity_loss,
+)
+from ._training import check_data, fit
+from ._io import load, save

@@ -1,0 +1,108 @@
+"""Equinox networks for time-dependent vector fields f(t, x): R x R^d -> R^d."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+__all__ = ["FieldMLP", "ACTIVATIONS"]
+
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu": jax.nn.gelu,
+    "tanh": jnp.tanh,
+    "softplus": jax.nn.softplus,
+    "relu": jax.nn.relu,
+}
+
+
+class FieldMLP(eqx.Module):
+    """An MLP for a field f(t, x) on one unbatched point, with a Fourier time embedding.
+
+    The input is [x, t, sin(2 pi k t), cos(2 pi k t) for k = 1..n_frequencies]. With
+    `residual=True` the hidden layers are residual blocks h <- h + W2 act(W1 [h, emb(t)]), which
+    re-inject the time embedding in every block.
+
+    **Arguments:**
+
+    - `dim`: d, the dimension of x and of the output.
+    - `width`: hidden width. `depth`: number of hidden layers (or residual blocks).
+    - `n_frequencies`: Fourier frequencies of the time embedding.
+    - `residual`: residual blocks instead of a plain MLP.
+    - `activation`: one of `ACTIVATIONS` ("silu", "gelu", "tanh", "softplus", "relu").
+    - `key`: a `jax.random` key (keyword-only).
+
+    **Returns:** `__call__(t, x)` gives an array of shape `(d,)`.
+    """
+
+    input_layer: eqx.nn.Linear
+    hidden: tuple
+    output_layer: eqx.nn.Linear
+    dim: int = eqx.field(static=True)
+    width: int = eqx.field(static=True)
+    depth: int = eqx.field(static=True)
+    n_frequencies: int = eqx.field(static=True)
+    residual: bool = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+
+    def __init__(
+        self, dim: int, *, width: int = 128, depth: int = 3, n_frequencies: int = 4,
+        residual: bool = False, activation: str = "silu", key: PRNGKeyArray, dtype=None,
+    ):
+        if not (isinstance(dim, int) and dim >= 1):
+            raise ValueError(f"dim must be a positive integer, got {dim!r}.")
+        if not (isinstance(width, int) and width >= 1 and isinstance(depth, int) and depth >= 1):
+            raise ValueError(f"width and depth must be positive integers, got {width}, {depth}.")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+        self.dim, self.width, self.depth = dim, width, depth
+        self.n_frequencies, self.residual, self.activation = n_frequencies, residual, activation
+        n_embed = 1 + 2 * n_frequencies
+        keys = jax.random.split(key, 2 * depth + 2)
+        self.input_layer = eqx.nn.Linear(dim + n_embed, width, key=keys[0], dtype=dtype)
+        if residual:
+            self.hidden = tuple(
+                (
+                    eqx.nn.Linear(width + n_embed, width, key=keys[1 + 2 * i], dtype=dtype),
+                    _scaled(eqx.nn.Linear(width, width, key=keys[2 + 2 * i], dtype=dtype), 0.1),
+                )
+                for i in range(depth)
+            )
+        else:
+            self.hidden = tuple(
+                eqx.nn.Linear(width, width, key=keys[1 + i], dtype=dtype) for i in range(depth - 1)
+            )
+        self.output_layer = eqx.nn.Linear(width, dim, key=keys[-1], dtype=dtype)
+
+    def time_embedding(self, t: Float[ArrayLike, ""]) -> Float[Array, " e"]:
+        t = jnp.asarray(t, dtype=self.input_layer.weight.dtype)
+        frequencies = 2 * jnp.pi * jnp.arange(1, self.n_frequencies + 1, dtype=t.dtype)
+        return jnp.concatenate([t[None], jnp.sin(frequencies * t), jnp.cos(frequencies * t)])
+
+    def __call__(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " d"]:
+        act = ACTIVATIONS[self.activation]
+        dtype = self.input_layer.weight.dtype
+        x = jnp.asarray(x).astype(dtype)
+        embedding = self.time_embedding(t)
+        h = act(self.input_layer(jnp.concatenate([x, embedding])))
+        if self.residual:
+            for first, second in self.hidden:
+                h = h + second(act(first(jnp.concatenate([h, embedding]))))
+        else:
+            for layer in self.hidden:
+                h = act(layer(h))
+        return self.output_layer(h)
+
+    def config(self) -> dict:
+        """The constructor arguments (without key), for saving."""
+        return dict(
+            dim=self.dim, width=self.width, depth=self.depth, n_frequencies=self.n_frequencies,
+            residual=self.residual, activation=self.activation,
+        )
+
+
+def _scaled(linear: eqx.nn.Linear, factor: float) -> eqx.nn.Linear:
+    """Shrink a layer's initial weights (residual branches start near the identity)."""
+    return eqx.tree_at(lambda layer: layer.weight, linear, linear.weight * factor)

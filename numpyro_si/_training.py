@@ -1,0 +1,339 @@
+"""`fit`: learn the fields of a stochastic interpolant from samples and return an `SIFlow`."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import optax
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import AffineTransform
+from tqdm.auto import tqdm
+
+from ._distribution import SIFlow, Standardization
+from ._interpolants import (
+    AbstractInterpolant,
+    AbstractOneSidedInterpolant,
+    MirrorInterpolant,
+    OneSidedLinearInterpolant,
+)
+from ._networks import FieldMLP
+from ._objectives import (
+    AbstractTimeSampler,
+    UniformTime,
+    sample_coupling,
+    score_loss,
+    velocity_loss,
+)
+
+__all__ = ["fit", "check_data"]
+
+
+def check_data(data: ArrayLike, name: str = "data", dim: int | None = None) -> Array:
+    """Validate training samples: a finite floating array of shape (N, d) with N >= 1.
+
+    Raises `ValueError` / `TypeError` naming the problem.
+    """
+    if hasattr(data, "posterior") and not hasattr(data, "shape"):
+        raise TypeError(
+            f"{name} looks like an ArviZ InferenceData; pass an array of draws of shape (N, d)."
+        )
+    array = jnp.asarray(data)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(
+            f"{name} must be a floating-point array, got dtype {array.dtype}. Cast it to float"
+            " (and dequantise discrete data first)."
+        )
+    if array.ndim != 2:
+        raise ValueError(f"{name} must have shape (N, d), got shape {array.shape}.")
+    if array.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape}); need at least one sample.")
+    if array.shape[1] == 0:
+        raise ValueError(f"{name} has zero dimensions (shape {array.shape}).")
+    if dim is not None and array.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (N, {dim}), got {array.shape}.")
+    finite = jnp.isfinite(array)
+    if not bool(jnp.all(finite)):
+        bad_rows = np.flatnonzero(~np.asarray(jnp.all(finite, axis=1)))
+        raise ValueError(
+            f"{name} contains NaN or inf in {bad_rows.size} row(s), first at row {bad_rows[0]};"
+            " remove or impute them before fitting."
+        )
+    return array
+
+
+def _network_factory(width, depth, residual, n_frequencies, activation):
+    def make(dim, key, dtype):
+        return FieldMLP(
+            dim, width=width, depth=depth, residual=residual, n_frequencies=n_frequencies,
+            activation=activation, key=key, dtype=dtype,
+        )
+
+    return make
+
+
+def fit(
+    key: PRNGKeyArray,
+    data: Float[ArrayLike, "N d"],
+    *,
+    interpolant: AbstractInterpolant | None = None,
+    base: dist.Distribution | None = None,
+    learn_score: bool | None = None,
+    sampler: str = "ode",
+    eps: float | Callable | None = None,
+    velocity_network: eqx.Module | None = None,
+    score_network: eqx.Module | None = None,
+    width: int = 128,
+    depth: int = 3,
+    residual: bool = False,
+    n_frequencies: int = 4,
+    activation: str = "silu",
+    time_sampler: AbstractTimeSampler | None = None,
+    antithetic: bool = True,
+    batch_size: int = 256,
+    max_steps: int = 10_000,
+    max_epochs: int | None = None,
+    learning_rate: float = 2e-3,
+    optimizer: optax.GradientTransformation | None = None,
+    val_prop: float = 0.1,
+    val_repeats: int = 8,
+    max_patience: int | None = None,
+    standardize: bool = True,
+    show_progress: bool = True,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+) -> tuple[SIFlow, dict[str, Any]]:
+    """Learn a stochastic-interpolant flow from samples; returns `(flow, history)`.
+
+    The velocity b is learned by the quadratic objective L_b (antithetic where gamma > 0), and the
+    score by L_s when `learn_score` (default: when the sampler needs it and the interpolant is
+    two-sided; a one-sided interpolant's score follows from the velocity). MATH.md section 2.
+
+    Training runs whole epochs (one pass over the shuffled training set) as one jitted
+    `lax.scan`; after each epoch the loss on a held-out validation split (fixed noise, so epochs
+    are compared on common random numbers) decides early stopping, and the best parameters are
+    kept.
+
+    **Arguments:**
+
+    - `key`: a `jax.random` key.
+    - `data`: samples, shape `(N, d)`, finite floats.
+    - `interpolant`: default `OneSidedLinearInterpolant()` (flow matching / rectified flow with a
+      standard-normal base).
+    - `base`: rho0 in data space for a two-sided interpolant (any NumPyro distribution with event
+      shape (d,)); default standard normal in the standardised space.
+    - `learn_score`: learn a score network too (needs gamma > 0).
+    - `sampler`, `eps`: the returned flow's sampler (`"ode"` or `"sde"` with noise level `eps`).
+    - `velocity_network`, `score_network`: your own Equinox modules `f(t, x)` instead of the
+      default `FieldMLP(width, depth, residual, n_frequencies, activation)`.
+    - `time_sampler`: default `UniformTime()` for the velocity; the score uses the same sampler.
+    - `antithetic`: antithetic estimators where gamma > 0.
+    - `batch_size`, `learning_rate`, `optimizer` (default Adam with warm-up and cosine decay
+      over `max_steps`).
+    - `max_steps`: optimiser-step budget; `max_epochs` (default: enough epochs for `max_steps`).
+    - `val_prop`: fraction held out for validation (0 disables early stopping); `val_repeats`
+      noise draws per validation point; `max_patience`: epochs without improvement before
+      stopping (default: a fifth of the epochs, at least 20).
+    - `standardize`: learn in the standardised space (data mean and scale stored in the flow).
+    - `show_progress`: a tqdm progress bar over epochs.
+    - `rtol`, `atol`: the returned flow's solver tolerances.
+
+    **Returns:** `(flow, history)` with `history["train_loss"]`, `history["val_loss"]` (per
+    epoch, numpy arrays), `history["best_epoch"]`, `history["stopped_early"]`,
+    `history["num_steps"]`.
+    """
+    interpolant = OneSidedLinearInterpolant() if interpolant is None else interpolant
+    if not isinstance(interpolant, AbstractInterpolant):
+        raise TypeError(f"interpolant must be an AbstractInterpolant, got {interpolant!r}.")
+    if isinstance(interpolant, MirrorInterpolant):
+        raise ValueError(
+            "fit returns an SIFlow, which needs a tractable base; a MirrorInterpolant has none."
+            " Train its score or denoiser with numpyro_si.objectives directly."
+        )
+    interpolant.check_boundary_conditions()
+    data = check_data(data)
+    n, dim = data.shape
+    if base is not None and isinstance(interpolant, AbstractOneSidedInterpolant):
+        raise ValueError(
+            f"{type(interpolant).__name__} is one-sided (standard-normal base); omit `base` or use"
+            " a two-sided interpolant."
+        )
+    if base is not None and tuple(base.event_shape) != (dim,):
+        raise ValueError(
+            f"base must have event shape ({dim},) to match the data, got {tuple(base.event_shape)}."
+        )
+    if sampler not in ("ode", "sde"):
+        raise ValueError(f"sampler must be 'ode' or 'sde', got {sampler!r}.")
+    one_sided = isinstance(interpolant, AbstractOneSidedInterpolant)
+    if learn_score is None:
+        learn_score = sampler == "sde" and not one_sided
+    if learn_score and interpolant.is_deterministic:
+        raise ValueError(
+            "Learning a score needs a stochastic interpolant (gamma > 0), e.g."
+            " LinearInterpolant(BrownianGamma(1.0)); a one-sided interpolant needs no score."
+        )
+    if sampler == "sde" and not (learn_score or one_sided):
+        raise ValueError("SDE sampling of a two-sided interpolant needs learn_score=True.")
+    if not 0.0 <= val_prop < 1.0:
+        raise ValueError(f"val_prop must be in [0, 1), got {val_prop}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+
+    dtype = data.dtype
+    key_split, key_vel, key_score, key_train, key_val = jax.random.split(key, 5)
+
+    # ---- split, standardise ----------------------------------------------------------------
+    n_val = int(round(val_prop * n)) if val_prop > 0 else 0
+    if val_prop > 0 and (n_val < 1 or n - n_val < 1):
+        raise ValueError(
+            f"{n} sample(s) cannot be split into training and validation sets with"
+            f" val_prop={val_prop}; give more data or val_prop=0."
+        )
+    perm = jax.random.permutation(key_split, n)
+    train, val = data[perm[n_val:]], data[perm[:n_val]]
+    standardization = Standardization.from_data(train) if standardize else None
+    to_flow_space = standardization.forward if standardize else (lambda x: x)
+    train_y, val_y = to_flow_space(train), to_flow_space(val)
+
+    flow_base = None
+    if base is not None:
+        flow_base = base
+        if standardization is not None:
+            flow_base = dist.TransformedDistribution(
+                base,
+                AffineTransform(
+                    -standardization.shift / standardization.scale, 1.0 / standardization.scale,
+                    domain=constraints.real_vector,
+                ),
+            )
+
+    def base_sample(k, m):
+        if flow_base is None:
+            return jax.random.normal(k, (m, dim), dtype=dtype)
+        return flow_base.sample(k, (m,))
+
+    # ---- networks ----------------------------------------------------------------------------
+    make = _network_factory(width, depth, residual, n_frequencies, activation)
+    velocity_net = velocity_network if velocity_network is not None else make(dim, key_vel, dtype)
+    networks = {"velocity": velocity_net}
+    if learn_score:
+        networks["score"] = score_network if score_network is not None else make(dim, key_score, dtype)
+    time_sampler = UniformTime() if time_sampler is None else time_sampler
+
+    def per_sample_losses(nets, t, x0, x1, z):
+        total = velocity_loss(nets["velocity"], interpolant, t, x0, x1, z, antithetic=antithetic)
+        if "score" in nets:
+            total = total + score_loss(nets["score"], interpolant, t, x0, x1, z, antithetic=antithetic)
+        return total
+
+    def batch_loss(nets, k, x1):
+        k_time, k_coupling = jax.random.split(k)
+        t, weight = time_sampler.sample(k_time, x1.shape[0], dtype=x1.dtype)
+        x0, z = sample_coupling(k_coupling, interpolant, x1, base_sample)
+        losses = jax.vmap(per_sample_losses, in_axes=(None, 0, 0, 0, 0))(nets, t, x0, x1, z)
+        return jnp.mean(weight * losses)
+
+    # ---- optimiser ---------------------------------------------------------------------------
+    n_train = train_y.shape[0]
+    batch_size = min(batch_size, n_train)
+    steps_per_epoch = max(n_train // batch_size, 1)
+    if max_epochs is None:
+        max_epochs = max(math.ceil(max_steps / steps_per_epoch), 1)
+    total_steps = max_epochs * steps_per_epoch
+    if max_patience is None:
+        max_patience = max(20, max_epochs // 5)
+    if optimizer is None:
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, learning_rate, min(500, max(total_steps // 10, 1)), max(total_steps, 2),
+            end_value=learning_rate * 1e-2,
+        )
+        optimizer = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
+
+    params, static = eqx.partition(networks, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+
+    @eqx.filter_jit
+    def run_epoch(params, opt_state, k, train_y):
+        k_perm, k_steps = jax.random.split(k)
+        order = jax.random.permutation(k_perm, train_y.shape[0])[: steps_per_epoch * batch_size]
+        batches = train_y[order].reshape(steps_per_epoch, batch_size, dim)
+
+        def step(carry, inputs):
+            params, opt_state = carry
+            x1, k_step = inputs
+            loss, grads = jax.value_and_grad(
+                lambda p: batch_loss(eqx.combine(p, static), k_step, x1)
+            )(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        keys = jax.random.split(k_steps, steps_per_epoch)
+        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (batches, keys))
+        return params, opt_state, jnp.mean(losses)
+
+    if n_val > 0:
+        val_repeated = jnp.tile(val_y, (val_repeats, 1))
+
+        @eqx.filter_jit
+        def validation_loss(params):
+            return batch_loss(eqx.combine(params, static), key_val, val_repeated)
+
+    history_train, history_val = [], []
+    best_params, best_val, best_epoch, patience = params, jnp.inf, 0, 0
+    stopped_early = False
+    bar = tqdm(range(max_epochs), desc="fit", disable=not show_progress, leave=False)
+    for epoch in bar:
+        key_train, key_epoch = jax.random.split(key_train)
+        params, opt_state, train_loss = run_epoch(params, opt_state, key_epoch, train_y)
+        train_loss = float(train_loss)
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"fit: the training loss became {train_loss} at epoch {epoch}; lower the learning"
+                " rate or check the data scale."
+            )
+        history_train.append(train_loss)
+        if n_val > 0:
+            val_loss = float(validation_loss(params))
+            history_val.append(val_loss)
+            if val_loss < best_val:
+                best_val, best_params, best_epoch, patience = val_loss, params, epoch, 0
+            else:
+                patience += 1
+            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", refresh=False)
+            if patience >= max_patience:
+                stopped_early = True
+                break
+        else:
+            best_params, best_epoch = params, epoch
+            bar.set_postfix(train=f"{train_loss:.4f}", refresh=False)
+    bar.close()
+
+    trained = eqx.combine(best_params, static)
+    flow = SIFlow(
+        interpolant,
+        trained["velocity"],
+        trained.get("score"),
+        base=flow_base,
+        dim=dim,
+        sampler=sampler,
+        eps=eps,
+        rtol=rtol,
+        atol=atol,
+        standardization=standardization,
+    )
+    history = {
+        "train_loss": np.asarray(history_train),
+        "val_loss": np.asarray(history_val),
+        "best_epoch": best_epoch,
+        "stopped_early": stopped_early,
+        "num_steps": (len(history_train)) * steps_per_epoch,
+        "steps_per_epoch": steps_per_epoch,
+    }
+    return flow, history
