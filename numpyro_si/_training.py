@@ -155,7 +155,7 @@ def fit(
     if isinstance(interpolant, MirrorInterpolant):
         raise ValueError(
             "fit returns an SIFlow, which needs a tractable base; a MirrorInterpolant has none."
-            " Train its score or denoiser with numpyro_si.objectives directly."
+            " Train its score or denoiser with nsi.score_loss / nsi.denoiser_loss directly."
         )
     interpolant.check_boundary_conditions()
     data = check_data(data)
