@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 
-import arviz as az
-import jax
-import jax.numpy as jnp
-import matplotlib
+warnings.filterwarnings("ignore", category=FutureWarning)  # ArviZ's refactor notice
+
+import arviz as az  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -106,10 +109,14 @@ def main(steps: int = 5000, out: str = "demo_output", n_train: int = 5000, n_tes
         numpyro.sample("y", dist.Normal(theta, 0.3).to_event(1), obs=y)
 
     tic = time.perf_counter()
-    mcmc = MCMC(NUTS(model), num_warmup=300, num_samples=500, progress_bar=True)
+    mcmc = MCMC(
+        NUTS(model), num_warmup=300, num_samples=500, num_chains=2, chain_method="sequential",
+        progress_bar=True,
+    )
     mcmc.run(key_mcmc, y=observed)
-    print(f"NUTS with the learned prior: {time.perf_counter() - tic:.1f} s")
-    print(az.summary(az.from_numpyro(mcmc), kind="all", round_to=3))
+    print(f"NUTS with the learned prior (y = {observed.tolist()}, 2 chains):"
+          f" {time.perf_counter() - tic:.1f} s")
+    print(az.summary(az.from_numpyro(mcmc), round_to=3).to_string())
 
     # 7. save and reload
     path = out_dir / "two_moons_flow.nsi"

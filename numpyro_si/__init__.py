@@ -1,6 +1,6 @@
 """numpyro_si: stochastic-interpolant generative models as NumPyro distributions."""
 
-from . import oracle
+from . import datasets, oracle
 from ._distribution import SIFlow, Standardization
 from ._dynamics import (
     AbstractEps,
