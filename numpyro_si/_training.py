@@ -97,7 +97,7 @@ def fit(
     activation: str = "silu",
     time_sampler: AbstractTimeSampler | None = None,
     antithetic: bool = True,
-    batch_size: int = 256,
+    batch_size: int = 512,
     max_steps: int = 10_000,
     max_epochs: int | None = None,
     learning_rate: float = 2e-3,
@@ -105,6 +105,7 @@ def fit(
     val_prop: float = 0.1,
     val_repeats: int = 8,
     max_patience: int | None = None,
+    min_steps_between_validations: int = 100,
     standardize: bool = True,
     show_progress: bool = True,
     rtol: float = 1e-5,
@@ -117,9 +118,9 @@ def fit(
     two-sided; a one-sided interpolant's score follows from the velocity). MATH.md section 2.
 
     Training runs whole epochs (one pass over the shuffled training set) as one jitted
-    `lax.scan`; after each epoch the loss on a held-out validation split (fixed noise, so epochs
-    are compared on common random numbers) decides early stopping, and the best parameters are
-    kept.
+    `lax.scan` (several epochs per call when epochs are short); after each call the loss on a
+    held-out validation split (fixed noise, so checkpoints are compared on common random numbers)
+    decides early stopping, and the best parameters are kept.
 
     **Arguments:**
 
@@ -140,14 +141,18 @@ def fit(
     - `max_steps`: optimiser-step budget; `max_epochs` (default: enough epochs for `max_steps`).
     - `val_prop`: fraction held out for validation (0 disables early stopping); `val_repeats`
       noise draws per validation point; `max_patience`: epochs without improvement before
-      stopping (default: a fifth of the epochs, at least 20).
+      stopping (default: a fifth of the epochs, at least 20 validations' worth).
     - `standardize`: learn in the standardised space (data mean and scale stored in the flow).
-    - `show_progress`: a tqdm progress bar over epochs.
+    - `show_progress`: a tqdm progress bar over epochs (rounds of epochs for small data).
     - `rtol`, `atol`: the returned flow's solver tolerances.
+    - `min_steps_between_validations`: with short epochs (small data), this many steps' worth of
+      epochs run in one jitted call between validations (a "round").
 
-    **Returns:** `(flow, history)` with `history["train_loss"]`, `history["val_loss"]` (per
-    epoch, numpy arrays), `history["best_epoch"]`, `history["stopped_early"]`,
-    `history["num_steps"]`.
+    **Returns:** `(flow, history)`: `history["train_loss"]` and `history["val_loss"]` (one entry
+    per validation, numpy arrays), `history["epoch"]` (epochs completed at each entry),
+    `history["best_epoch"]` (epochs completed when the kept parameters were validated),
+    `history["stopped_early"]`, `history["num_steps"]` (optimiser steps taken),
+    `history["steps_per_epoch"]`.
     """
     interpolant = OneSidedLinearInterpolant() if interpolant is None else interpolant
     if not isinstance(interpolant, AbstractInterpolant):
@@ -246,9 +251,14 @@ def fit(
     steps_per_epoch = max(n_train // batch_size, 1)
     if max_epochs is None:
         max_epochs = max(math.ceil(max_steps / steps_per_epoch), 1)
-    total_steps = max_epochs * steps_per_epoch
+    # Small data sets make short epochs: run several per jitted call so that validation (and the
+    # trip back to Python) happens at most every `min_steps_between_validations` steps.
+    epochs_per_round = max(1, math.ceil(min_steps_between_validations / steps_per_epoch))
+    n_rounds = max(1, math.ceil(max_epochs / epochs_per_round))
+    total_steps = n_rounds * epochs_per_round * steps_per_epoch
     if max_patience is None:
-        max_patience = max(20, max_epochs // 5)
+        max_patience = max(20 * epochs_per_round, n_rounds * epochs_per_round // 5)
+    patience_rounds = max(1, math.ceil(max_patience / epochs_per_round))
     if optimizer is None:
         schedule = optax.warmup_cosine_decay_schedule(
             0.0, learning_rate, min(500, max(total_steps // 10, 1)), max(total_steps, 2),
@@ -259,23 +269,27 @@ def fit(
     params, static = eqx.partition(networks, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
 
-    @eqx.filter_jit
-    def run_epoch(params, opt_state, k, train_y):
+    def step(carry, inputs):
+        params, opt_state = carry
+        x1, k_step = inputs
+        loss, grads = jax.value_and_grad(
+            lambda p: batch_loss(eqx.combine(p, static), k_step, x1)
+        )(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), loss
+
+    def epoch(carry, k):
         k_perm, k_steps = jax.random.split(k)
         order = jax.random.permutation(k_perm, train_y.shape[0])[: steps_per_epoch * batch_size]
         batches = train_y[order].reshape(steps_per_epoch, batch_size, dim)
-
-        def step(carry, inputs):
-            params, opt_state = carry
-            x1, k_step = inputs
-            loss, grads = jax.value_and_grad(
-                lambda p: batch_loss(eqx.combine(p, static), k_step, x1)
-            )(params)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
-
         keys = jax.random.split(k_steps, steps_per_epoch)
-        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (batches, keys))
+        carry, losses = jax.lax.scan(step, carry, (batches, keys))
+        return carry, jnp.mean(losses)
+
+    @eqx.filter_jit
+    def run_round(params, opt_state, k):
+        keys = jax.random.split(k, epochs_per_round)
+        (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), keys)
         return params, opt_state, jnp.mean(losses)
 
     if n_val > 0:
@@ -285,34 +299,38 @@ def fit(
         def validation_loss(params):
             return batch_loss(eqx.combine(params, static), key_val, val_repeated)
 
-    history_train, history_val = [], []
+    history_train, history_val, history_epoch = [], [], []
     best_params, best_val, best_epoch, patience = params, jnp.inf, 0, 0
     stopped_early = False
-    bar = tqdm(range(max_epochs), desc="fit", disable=not show_progress, leave=False)
-    for epoch in bar:
-        key_train, key_epoch = jax.random.split(key_train)
-        params, opt_state, train_loss = run_epoch(params, opt_state, key_epoch, train_y)
+    bar = tqdm(range(n_rounds), desc="fit", disable=not show_progress, leave=False,
+               unit="round" if epochs_per_round > 1 else "epoch")
+    for round_index in bar:
+        key_train, key_round = jax.random.split(key_train)
+        params, opt_state, train_loss = run_round(params, opt_state, key_round)
+        epochs_done = (round_index + 1) * epochs_per_round
         train_loss = float(train_loss)
         if not math.isfinite(train_loss):
             raise FloatingPointError(
-                f"fit: the training loss became {train_loss} at epoch {epoch}; lower the learning"
-                " rate or check the data scale."
+                f"fit: the training loss became {train_loss} by epoch {epochs_done}; lower the"
+                " learning rate or check the data scale."
             )
         history_train.append(train_loss)
+        history_epoch.append(epochs_done)
         if n_val > 0:
             val_loss = float(validation_loss(params))
             history_val.append(val_loss)
             if val_loss < best_val:
-                best_val, best_params, best_epoch, patience = val_loss, params, epoch, 0
+                best_val, best_params, best_epoch, patience = val_loss, params, epochs_done, 0
             else:
                 patience += 1
-            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}", refresh=False)
-            if patience >= max_patience:
+            bar.set_postfix(epoch=epochs_done, train=f"{train_loss:.4f}", val=f"{val_loss:.4f}",
+                            refresh=False)
+            if patience >= patience_rounds:
                 stopped_early = True
                 break
         else:
-            best_params, best_epoch = params, epoch
-            bar.set_postfix(train=f"{train_loss:.4f}", refresh=False)
+            best_params, best_epoch = params, epochs_done
+            bar.set_postfix(epoch=epochs_done, train=f"{train_loss:.4f}", refresh=False)
     bar.close()
 
     trained = eqx.combine(best_params, static)
@@ -333,7 +351,8 @@ def fit(
         "val_loss": np.asarray(history_val),
         "best_epoch": best_epoch,
         "stopped_early": stopped_early,
-        "num_steps": (len(history_train)) * steps_per_epoch,
+        "epoch": np.asarray(history_epoch),
+        "num_steps": len(history_train) * epochs_per_round * steps_per_epoch,
         "steps_per_epoch": steps_per_epoch,
     }
     return flow, history
