@@ -37,7 +37,7 @@ from numpyro.infer import MCMC, NUTS  # noqa: E402
 import numpyro_si as nsi  # noqa: E402
 
 
-def main(steps: int = 5000, out: str = "demo_output", n_train: int = 5000, n_test: int = 2000):
+def main(steps: int = 10_000, out: str = "demo_output", n_train: int = 5000, n_test: int = 2000):
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -129,7 +129,7 @@ def main(steps: int = 5000, out: str = "demo_output", n_train: int = 5000, n_tes
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=5000, help="optimiser steps for fit")
+    parser.add_argument("--steps", type=int, default=10_000, help="optimiser steps for fit")
     parser.add_argument("--out", default="demo_output", help="output folder")
     args = parser.parse_args()
     main(steps=args.steps, out=args.out)

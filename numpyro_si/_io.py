@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 import diffrax
@@ -177,11 +178,14 @@ def load(path: str | os.PathLike, *, base: dist.Distribution | None = None) -> S
                 raise zipfile.BadZipFile(f"checksum mismatch in {bad}")
             meta = json.loads(archive.read("meta.json"))
             leaves = archive.read("leaves.eqx")
-    except (zipfile.BadZipFile, KeyError, EOFError, json.JSONDecodeError, OSError) as error:
+    # A damaged deflate stream raises zlib.error, a damaged header flag NotImplementedError or
+    # RuntimeError ("encrypted"), bad UTF-8 in meta.json UnicodeDecodeError (a ValueError).
+    except (zipfile.BadZipFile, zlib.error, KeyError, EOFError, ValueError, OSError,
+            NotImplementedError, RuntimeError) as error:
         raise ValueError(
             f"{path} is not a readable numpyro_si flow (truncated or corrupted?): {error}"
         ) from None
-    if meta.get("format") != _MAGIC:
+    if not isinstance(meta, dict) or meta.get("format") != _MAGIC:
         raise ValueError(f"{path} is not a numpyro_si flow file.")
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(
