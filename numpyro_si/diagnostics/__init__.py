@@ -1,0 +1,11 @@
+"""Diagnostics for stochastic-interpolant flows: how good a learned density is, with numbers that
+carry their uncertainty (MATH.md sections 4 and 5)."""
+
+from ._importance import (
+    ImportanceDiagnostics,
+    ModelLogDensity,
+    forward_cross_entropy,
+    importance_diagnostics,
+    log_target_from_model,
+)
+from ._loss_profile import KLBound, LossProfile, kl_bound, kl_bound_from_oracle, loss_profile
