@@ -13,8 +13,7 @@ import numpy as np
 import numpyro.distributions as dist
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
-from numpyro.distributions import constraints
-from numpyro.distributions.transforms import AffineTransform
+from numpyro.distributions.transforms import AffineTransform, IndependentTransform
 from tqdm.auto import tqdm
 
 from ._distribution import SIFlow, Standardization
@@ -211,11 +210,15 @@ def fit(
     if base is not None:
         flow_base = base
         if standardization is not None:
+            # IndependentTransform: one affine map of the whole event, so log|det| sums over d.
             flow_base = dist.TransformedDistribution(
                 base,
-                AffineTransform(
-                    -standardization.shift / standardization.scale, 1.0 / standardization.scale,
-                    domain=constraints.real_vector,
+                IndependentTransform(
+                    AffineTransform(
+                        -standardization.shift / standardization.scale,
+                        1.0 / standardization.scale,
+                    ),
+                    1,
                 ),
             )
 
