@@ -54,3 +54,4 @@ from ._objectives import (
 )
 from ._training import check_data, fit
 from ._io import load, save
+from ._reparam import FlowReparam

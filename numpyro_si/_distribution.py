@@ -389,6 +389,23 @@ class SIFlow(dist.Distribution):
         )(flat)
         return ys.reshape(x.shape)
 
+    def push_forward(self, z: Float[ArrayLike, "... d"]) -> Float[Array, "... d"]:
+        """The flow map T from the base to data space: the probability-flow ODE from
+        `time_min` to `time_max`, then the inverse standardization. Differentiable (diffrax's
+        default `RecursiveCheckpointAdjoint`), so a model can sample z from `self.base` and use
+        T(z) (the latent route, see `FlowReparam`)."""
+        interpolant = self.interpolant
+        y = self.transport(z, interpolant.time_min, interpolant.time_max)
+        return y if self.standardization is None else self.standardization.inverse(y)
+
+    def pull_back(self, x: Float[ArrayLike, "... d"]) -> Float[Array, "... d"]:
+        """The inverse flow map T^-1 from data space to the base (ODE solved backward)."""
+        x = self._check_points(x)
+        if self.standardization is not None:
+            x = self.standardization.forward(x)
+        interpolant = self.interpolant
+        return self.transport(x, interpolant.time_max, interpolant.time_min)
+
     def sde_transport(
         self, key: PRNGKeyArray, x: Float[ArrayLike, "... d"], t0: float, t1: float,
         eps=1.0, n_steps: int = 256,
