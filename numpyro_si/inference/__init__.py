@@ -1,0 +1,15 @@
+"""MCMC with SIFlow proposals, as BlackJAX kernel modules.
+
+- `independence`: independence Metropolis-Hastings with an `SIFlow` proposal
+  (`IMHState`, `IMHInfo`, `init`, `build_kernel`, `as_top_level_api`).
+- `mixed`: local BlackJAX moves (NUTS, HMC, MALA, ...) interleaved with global flow moves
+  (`MixedState`, `MixedInfo`, ...).
+- `run_chain`: a `lax.scan` driver for any step function.
+
+Importing this package imports BlackJAX; `import numpyro_si` alone does not.
+"""
+
+from . import independence, mixed
+from ._chain import run_chain
+from .independence import IMHInfo, IMHState
+from .mixed import MixedInfo, MixedState

@@ -1,0 +1,230 @@
+"""Independence Metropolis-Hastings with an `SIFlow` proposal, as a BlackJAX kernel module.
+
+Every step draws y ~ q from the flow, independent of the current state x, and accepts it with
+probability min(1, w(y) / w(x)), where w = pi / q is the importance weight of the target pi
+(unnormalised) against the flow density q (MATH.md section 5). The state keeps log pi(x) and
+log q(x), so a step costs one flow draw (a forward ODE solve), one flow density (a backward ODE
+solve with the exact divergence, MATH.md section 4) and one target log density.
+
+Exactness. The MH ratio needs q's true density at the draws:
+
+- the divergence must be exact: a `HutchinsonDivergence` makes log q a random estimate, which
+  biases the chain, so it is refused (`ValueError`);
+- the draws must follow the ODE's density: an SDE sampler's draws do not (their density is not
+  the probability-flow ODE's), so it is refused too; use `flow.with_sampler("ode")`;
+- what remains is the solver error: the draw y = T_h(z) comes from an adaptive forward solve and
+  log q(y) from an adaptive backward solve, each accurate to about the flow's `rtol` / `atol`.
+  The chain targets pi up to a perturbation of that size in log q; use tight tolerances, e.g.
+  `flow.with_sampler(rtol=1e-7, atol=1e-7)` (the tests use 1e-7 in float64: the log q error is
+  then below 1e-7 nats). A fixed-step solver (`ODESampler(n_steps=...)`) has no error control,
+  so the error is whatever the step count gives; a warning says so.
+- a density solve that exhausts its step budget returns log q = -inf: the proposal is then
+  rejected (never accepted), and a current state whose log q failed accepts nothing until a
+  local move (see `numpyro_si.inference.mixed`) takes it elsewhere. Rejecting every move into or
+  out of the failure set keeps detailed balance, so the chain stays pi-invariant; it only loses
+  ergodicity if the failure set carries mass. `IMHInfo.proposal_logdensity_failed` reports it.
+- a forward (sampling) solve that exhausts its budget makes `SIFlow.sample` raise at run time.
+
+Example:
+
+```python
+from numpyro_si.inference import independence, run_chain
+
+flow = flow.with_sampler("ode", rtol=1e-7, atol=1e-7)
+imh = independence.as_top_level_api(logdensity_fn, flow)
+state = imh.init(position)
+states, infos = jax.jit(lambda k, s: run_chain(k, imh.step, s, 1000))(key, state)
+```
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from blackjax.base import SamplingAlgorithm, build_sampling_algorithm
+from blackjax.mcmc.proposal import static_binomial_sampling
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
+
+from .._distribution import SIFlow
+from .._solvers import HutchinsonDivergence, ODESampler, SDESampler
+
+__all__ = ["IMHState", "IMHInfo", "init", "build_kernel", "as_top_level_api"]
+
+
+class IMHState(NamedTuple):
+    """State of the independence MH chain.
+
+    - `position`: the current point x, an array of shape `(d,)` or any pytree whose ravelled
+      size is the flow's d.
+    - `logdensity`: log pi(x), the target's (unnormalised) log density.
+    - `proposal_logdensity`: log q(x), the flow's log density at x (-inf if its solve failed),
+      stored so each step evaluates q only at the new draw.
+
+    No gradient is stored: the independence kernel never uses one (the mixed kernel keeps the
+    local kernel's own state, gradient included).
+    """
+
+    position: PyTree
+    logdensity: Float[Array, ""]
+    proposal_logdensity: Float[Array, ""]
+
+
+class IMHInfo(NamedTuple):
+    """What one independence MH step did.
+
+    - `acceptance_rate`: min(1, w(y) / w(x)), 0 when the proposal's density solve failed.
+    - `is_accepted`: whether the chain moved to the proposal.
+    - `proposal_logdensity_failed`: whether the proposal's density solve exhausted its step
+      budget (the proposal is then rejected).
+    - `proposal_solver_steps`: steps taken by the proposal's density solve (its cost).
+    """
+
+    acceptance_rate: Float[Array, ""]
+    is_accepted: Bool[Array, ""]
+    proposal_logdensity_failed: Bool[Array, ""]
+    proposal_solver_steps: Int[Array, ""]
+
+
+def check_flow(flow: SIFlow) -> None:
+    """Raise unless `flow` gives an exact Metropolis-Hastings proposal: an `SIFlow` with the ODE
+    sampler and an exact (non-random) divergence; warn if a solve has a fixed step count."""
+    if not isinstance(flow, SIFlow):
+        raise TypeError(f"flow must be a numpyro_si.SIFlow, got {type(flow).__name__}.")
+    if isinstance(flow.sampler, SDESampler):
+        raise ValueError(
+            "The independence MH proposal must be drawn with the probability-flow ODE: SDE draws"
+            " do not follow the ODE density that log_prob computes, so the MH ratio would be"
+            " wrong. Pass flow.with_sampler('ode', rtol=1e-7, atol=1e-7)."
+        )
+    dummy = jnp.zeros(flow.dim)
+    if isinstance(flow.divergence, HutchinsonDivergence) or (
+        flow.divergence.probe(jax.random.key(0), dummy) is not None
+    ):
+        raise ValueError(
+            f"flow.divergence is {type(flow.divergence).__name__}, a random estimate of div b:"
+            " log q would be noisy and the Metropolis-Hastings ratio biased (MATH.md section 4)."
+            " Pass flow.with_sampler(divergence='exact')."
+        )
+    fixed = [
+        name for name, solver in (("sampler", flow.sampler), ("likelihood_solver",
+                                                             flow.likelihood_solver))
+        if isinstance(solver, ODESampler) and solver.n_steps is not None
+    ]
+    if fixed:
+        warnings.warn(
+            f"flow.{' and flow.'.join(fixed)} use(s) a fixed step count: the proposal's draws and"
+            " its log density then disagree by an uncontrolled discretisation error, which"
+            " biases the MH ratio. Prefer adaptive solves with tight tolerances,"
+            " e.g. flow.with_sampler('ode', rtol=1e-7, atol=1e-7).",
+            stacklevel=3,
+        )
+
+
+def _flat_dim_check(position: PyTree, flow: SIFlow) -> tuple[Array, Callable]:
+    flat, unravel = ravel_pytree(position)
+    if flat.shape != (flow.dim,):
+        raise ValueError(
+            f"The position must ravel to shape ({flow.dim},) for this {flow.dim}-dimensional"
+            f" flow, got {flat.shape}."
+        )
+    return flat, unravel
+
+
+def flow_log_density(flow: SIFlow, position: PyTree) -> tuple[Float[Array, ""], Bool[Array, ""]]:
+    """log q(position) with the flow's exact-divergence solve, and whether that solve failed."""
+    flat, _ = _flat_dim_check(position, flow)
+    log_q, info = flow.log_prob_with_info(flat)
+    return log_q, ~info.succeeded
+
+
+def flow_proposal(
+    rng_key: PRNGKeyArray, flow: SIFlow, unravel: Callable
+) -> tuple[PyTree, Float[Array, ""], Bool[Array, ""], Int[Array, ""]]:
+    """One draw y ~ q by the flow's ODE sampler, then log q(y) by its backward solve.
+
+    Returns `(y, log q(y), failed, steps)`, y shaped like the chain position via `unravel`.
+    """
+    y_flat = flow.sample(rng_key, ())
+    log_q, info = flow.log_prob_with_info(y_flat)
+    return unravel(y_flat), log_q, ~info.succeeded, info.num_steps
+
+
+def log_acceptance_ratio(
+    logdensity_new: ArrayLike, proposal_logdensity_new: ArrayLike, logdensity: ArrayLike,
+    proposal_logdensity: ArrayLike, proposal_failed: ArrayLike,
+) -> Float[Array, ""]:
+    """log [w(y) / w(x)] = [log pi(y) - log q(y)] - [log pi(x) - log q(x)], with -inf (reject)
+    when the proposal's density solve failed or the ratio is NaN (e.g. both weights infinite)."""
+    log_ratio = (logdensity_new - proposal_logdensity_new) - (logdensity - proposal_logdensity)
+    reject = jnp.logical_or(proposal_failed, jnp.isnan(log_ratio))
+    return jnp.where(reject, -jnp.inf, log_ratio)
+
+
+def init(position: PyTree, logdensity_fn: Callable, flow: SIFlow) -> IMHState:
+    """The chain state at `position`: evaluates log pi and log q there.
+
+    **Arguments:**
+
+    - `position`: the starting point, shape `(d,)` (or a pytree of total size d).
+    - `logdensity_fn`: log pi, the target's unnormalised log density of one position.
+    - `flow`: the proposal, an `SIFlow` with the ODE sampler and the exact divergence.
+
+    **Returns:** an `IMHState`. If the flow's solve fails at `position`, its log q is -inf and
+    the chain rejects every proposal from there (choose another start).
+    """
+    check_flow(flow)
+    log_q, _ = flow_log_density(flow, position)
+    return IMHState(position, jnp.asarray(logdensity_fn(position)), log_q)
+
+
+def build_kernel() -> Callable:
+    """Build the independence MH kernel.
+
+    **Returns:** `kernel(rng_key, state, logdensity_fn, flow) -> (IMHState, IMHInfo)`, a pure
+    function: one flow draw, one flow density, one target log density per call.
+    """
+
+    def kernel(
+        rng_key: PRNGKeyArray, state: IMHState, logdensity_fn: Callable, flow: SIFlow
+    ) -> tuple[IMHState, IMHInfo]:
+        """One independence MH step with the flow proposal."""
+        check_flow(flow)
+        key_proposal, key_accept = jax.random.split(rng_key)
+        _, unravel = _flat_dim_check(state.position, flow)
+        y, log_q_y, failed, steps = flow_proposal(key_proposal, flow, unravel)
+        log_pi_y = jnp.asarray(logdensity_fn(y))
+        log_ratio = log_acceptance_ratio(
+            log_pi_y, log_q_y, state.logdensity, state.proposal_logdensity, failed
+        )
+        proposal = IMHState(y, log_pi_y.astype(state.logdensity.dtype), log_q_y)
+        new_state, (is_accepted, acceptance_rate, _) = static_binomial_sampling(
+            key_accept, log_ratio, state, proposal
+        )
+        return new_state, IMHInfo(acceptance_rate, is_accepted, failed, steps)
+
+    return kernel
+
+
+def as_top_level_api(logdensity_fn: Callable, flow: SIFlow) -> SamplingAlgorithm:
+    """Independence MH with an `SIFlow` proposal as a `blackjax.SamplingAlgorithm`.
+
+    **Arguments:**
+
+    - `logdensity_fn`: log pi of one position (unnormalised).
+    - `flow`: the proposal `SIFlow` (ODE sampler, exact divergence, tight `rtol`/`atol`; see the
+      module docstring for the remaining solver error).
+
+    **Returns:** `SamplingAlgorithm(init, step)` with `init(position) -> IMHState` and
+    `step(rng_key, state) -> (IMHState, IMHInfo)`; jit `step` (or the whole `run_chain`) and
+    `jax.vmap` it over keys and states for parallel chains.
+    """
+    check_flow(flow)
+    kernel = build_kernel()
+    return build_sampling_algorithm(
+        kernel, init, logdensity_fn, init_args=(flow,), kernel_args=(flow,)
+    )
