@@ -5,6 +5,8 @@
 - `mixed`: local BlackJAX moves (NUTS, HMC, MALA, ...) interleaved with global flow moves
   (`MixedState`, `MixedInfo`, ...).
 - `run_chain`: a `lax.scan` driver for any step function.
+- `SIFlowBoost`: the NumPyro entry point, `MCMC(SIFlowBoost(NUTS(model), flow), ...)`, with flow
+  moves in the unconstrained space (`unconstrained_draws` maps posterior draws there).
 
 Importing this package imports BlackJAX; `import numpyro_si` alone does not.
 """
@@ -13,3 +15,4 @@ from . import independence, mixed
 from ._chain import run_chain
 from .independence import IMHInfo, IMHState
 from .mixed import MixedInfo, MixedState
+from .numpyro_kernel import SIFlowBoost, SIFlowBoostState, unconstrained_draws

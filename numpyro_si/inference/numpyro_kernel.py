@@ -1,0 +1,247 @@
+"""`SIFlowBoost`: flow moves for any NumPyro model, as a NumPyro `MCMCKernel`.
+
+`MCMC(SIFlowBoost(NUTS(model), flow), ...)` runs the inner kernel's steps and, after every
+`n_local` of them, one global independence Metropolis-Hastings move with the `SIFlow` proposal
+(see `numpyro_si.inference.independence` and `mixed`). Everything happens in the unconstrained
+space of `numpyro.infer.util.initialize_model`: the flow must be a density on the ravelled
+unconstrained latent vector (sites in `jax.flatten_util.ravel_pytree` order, i.e. sorted by
+name), for instance fitted to `unconstrained_draws(model, samples)` of a pilot run.
+
+Exactness and cost are those of `mixed`: the flow needs the ODE sampler, the exact divergence and
+tight tolerances; a global move costs a flow draw, one or two flow densities and one potential
+energy and gradient at the proposal (the inner kernel's `refresh`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from blackjax.mcmc.proposal import static_binomial_sampling
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
+from numpyro.infer.mcmc import MCMCKernel
+from numpyro.infer.util import get_transforms
+from numpyro.util import is_prng_key
+
+from .._distribution import SIFlow
+from .independence import check_flow, flow_log_density, flow_proposal, log_acceptance_ratio
+
+__all__ = ["SIFlowBoost", "SIFlowBoostState", "unconstrained_draws"]
+
+
+class SIFlowBoostState(NamedTuple):
+    """State of `SIFlowBoost`.
+
+    - `z`: the unconstrained sample (the same as `inner_state.z`).
+    - `potential_energy`: the inner kernel's at `z`.
+    - `diverging`: whether any of the transition's `n_local` inner steps diverged.
+    - `accept_prob`: the inner steps' mean acceptance probability (the local one; ArviZ calls
+      it `acceptance_rate`).
+    - `global_accept_prob`: min(1, w(y) / w(x)) of the last flow move (0 if a density failed).
+    - `global_is_accepted`: whether the last flow move was accepted.
+    - `global_proposal_failed`: whether a flow density solve failed in the last flow move.
+    - `global_mean_accept_prob`: running mean of `global_accept_prob` over the transitions.
+    - `proposal_logdensity`: log q(z) of the ravelled z.
+    - `inner_state`: the inner kernel's state; `i`: transitions so far; `rng_key`: for flow moves.
+    """
+
+    z: PyTree
+    potential_energy: Float[Array, ""]
+    diverging: Bool[Array, ""]
+    accept_prob: Float[Array, ""]
+    global_accept_prob: Float[Array, ""]
+    global_is_accepted: Bool[Array, ""]
+    global_proposal_failed: Bool[Array, ""]
+    global_mean_accept_prob: Float[Array, ""]
+    proposal_logdensity: Float[Array, ""]
+    inner_state: NamedTuple
+    i: Int[Array, ""]
+    rng_key: PRNGKeyArray
+
+
+class SIFlowBoost(MCMCKernel):
+    """An inner NumPyro kernel (NUTS, HMC) plus global `SIFlow` independence-MH moves.
+
+    **Arguments:**
+
+    - `inner_kernel`: a NumPyro kernel whose state has `z` and `potential_energy` and which
+      implements `refresh` (NUTS, HMC, and kernels built on them), e.g. `NUTS(model)`.
+    - `flow`: an `SIFlow` on the ravelled unconstrained latent vector, with the ODE sampler, the
+      exact divergence and tight tolerances (e.g. `rtol = atol = 1e-7`).
+    - `n_local`: inner steps per transition (each transition ends with one flow move). The inner
+      kernel's warm-up spans `num_warmup * n_local` of its steps, i.e. the whole warm-up phase.
+
+    Flow moves also happen during warm-up (they help the adaptation see every mode; warm-up
+    draws are discarded anyway). `default_fields` collect `accept_prob`, `global_accept_prob`
+    and `global_is_accepted`, so `arviz.from_numpyro(mcmc)` has local and global acceptance in
+    `sample_stats`. Chains: `chain_method="vectorized"` vmaps the flow moves; "sequential" and
+    "parallel" work as for the inner kernel.
+    """
+
+    def __init__(self, inner_kernel: MCMCKernel, flow: SIFlow, *, n_local: int = 1):
+        if not isinstance(inner_kernel, MCMCKernel):
+            raise TypeError(f"inner_kernel must be a NumPyro MCMCKernel, got {inner_kernel!r}.")
+        if type(inner_kernel).refresh is MCMCKernel.refresh:
+            raise TypeError(
+                f"{type(inner_kernel).__name__} does not implement `refresh`, which SIFlowBoost"
+                " needs to rebuild its state at an accepted flow proposal; use NUTS or HMC."
+            )
+        if not (isinstance(n_local, int) and n_local >= 1):
+            raise ValueError(f"n_local must be a positive int, got {n_local!r}.")
+        check_flow(flow)
+        self.inner_kernel = inner_kernel
+        self.flow = flow
+        self.n_local = n_local
+
+    # -- MCMCKernel interface -----------------------------------------------------------------
+
+    @property
+    def model(self):
+        return getattr(self.inner_kernel, "model", None)
+
+    @property
+    def sample_field(self):
+        return "z"
+
+    @property
+    def default_fields(self):
+        return ("z", "diverging", "accept_prob", "global_accept_prob", "global_is_accepted")
+
+    @property
+    def _sample_fn(self):
+        # `MCMC` re-runs `init` while this is None (it reads the attribute of its sampler)
+        return getattr(self.inner_kernel, "_sample_fn", None)
+
+    def postprocess_fn(self, model_args, model_kwargs):
+        return self.inner_kernel.postprocess_fn(model_args, model_kwargs)
+
+    def get_diagnostics_str(self, state):
+        return (
+            f"{self.inner_kernel.get_diagnostics_str(state.inner_state)},"
+            f" flow acc. prob={float(state.global_mean_accept_prob):.2f}"
+        )
+
+    def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):  # noqa: B006
+        vectorized = not is_prng_key(rng_key)
+        if vectorized:
+            key_inner, key_flow = jnp.swapaxes(jax.vmap(jax.random.split)(rng_key), 0, 1)
+        else:
+            key_inner, key_flow = jax.random.split(rng_key)
+        inner_state = self.inner_kernel.init(
+            key_inner, num_warmup * self.n_local, init_params, model_args, model_kwargs
+        )
+        for field in ("z", "potential_energy"):
+            if not hasattr(inner_state, field):
+                raise TypeError(
+                    f"The inner kernel's state {type(inner_state).__name__} has no `{field}`."
+                )
+        z_one = jax.tree.map(lambda leaf: leaf[0], inner_state.z) if vectorized else inner_state.z
+        size = ravel_pytree(z_one)[0].shape[0]
+        if size != self.flow.dim:
+            shapes = jax.tree.map(jnp.shape, z_one)
+            raise ValueError(
+                f"The model's unconstrained latent vector has {size} entries (sites {shapes}), but"
+                f" the flow is {self.flow.dim}-dimensional. Fit the flow to the ravelled"
+                " unconstrained draws (see `unconstrained_draws`)."
+            )
+
+        def log_q(z):
+            return flow_log_density(self.flow, z)[0]
+
+        log_q_z = jax.jit(jax.vmap(log_q) if vectorized else log_q)(inner_state.z)
+        return self._state(inner_state, log_q_z, key_flow, vectorized)
+
+    def sample(self, state: SIFlowBoostState, model_args, model_kwargs) -> SIFlowBoostState:
+        inner_state = state.inner_state
+        diverging, accept_prob = [], []
+        for _ in range(self.n_local):
+            inner_state = self.inner_kernel.sample(inner_state, model_args, model_kwargs)
+            diverging.append(_field(inner_state, "diverging", False))
+            accept_prob.append(_field(inner_state, "accept_prob", 1.0))
+        vectorized = not is_prng_key(state.rng_key)
+        global_step = self._global_step(model_args, model_kwargs)
+        if vectorized:
+            global_step = jax.vmap(global_step)
+        new_inner, log_q, acc_prob, accepted, failed, rng_key = global_step(
+            state.rng_key, state.inner_state.z, state.proposal_logdensity, inner_state
+        )
+        i = state.i + 1
+        mean = state.global_mean_accept_prob + (acc_prob - state.global_mean_accept_prob) / i
+        return SIFlowBoostState(
+            new_inner.z, new_inner.potential_energy, jnp.any(jnp.stack(diverging), axis=0),
+            jnp.mean(jnp.stack(accept_prob), axis=0), acc_prob, accepted, failed, mean, log_q,
+            new_inner, i, rng_key,
+        )
+
+    # -- the flow move --------------------------------------------------------------------------
+
+    def _state(self, inner_state, log_q, rng_key, vectorized):
+        shape = log_q.shape
+        zeros = jnp.zeros(shape, dtype=log_q.dtype)
+        false = jnp.zeros(shape, dtype=bool)
+        return SIFlowBoostState(
+            inner_state.z, inner_state.potential_energy, _field(inner_state, "diverging", False),
+            _field(inner_state, "accept_prob", 1.0), zeros, false, false, zeros, log_q,
+            inner_state, jnp.zeros(shape, dtype=jnp.int32), rng_key,
+        )
+
+    def _global_step(self, model_args, model_kwargs) -> Callable:
+        flow, inner_kernel = self.flow, self.inner_kernel
+
+        def step(rng_key, previous_z, previous_log_q, inner_state):
+            rng_key, key_proposal, key_accept = jax.random.split(rng_key, 3)
+            previous, _ = ravel_pytree(previous_z)
+            current, unravel = ravel_pytree(inner_state.z)
+            log_q_x, failed_x = jax.lax.cond(
+                jnp.any(previous != current),
+                lambda: flow_log_density(flow, inner_state.z),
+                lambda: (previous_log_q, ~jnp.isfinite(previous_log_q)),
+            )
+            y, log_q_y, failed_y, _ = flow_proposal(key_proposal, flow, unravel)
+            proposed = inner_kernel.refresh(inner_state._replace(z=y), model_args, model_kwargs)
+            log_ratio = log_acceptance_ratio(
+                -proposed.potential_energy, log_q_y, -inner_state.potential_energy, log_q_x,
+                failed_y,
+            )
+            (new_inner, log_q), (accepted, acc_prob, _) = static_binomial_sampling(
+                key_accept, log_ratio, (inner_state, log_q_x), (proposed, log_q_y)
+            )
+            return new_inner, log_q, acc_prob, accepted, failed_x | failed_y, rng_key
+
+        return step
+
+
+def _field(state, name, default):
+    value = getattr(state, name, None)
+    return jnp.full(jnp.shape(state.potential_energy), default) if value is None else value
+
+
+def unconstrained_draws(
+    model: Callable, samples: dict, model_args: tuple = (), model_kwargs: dict | None = None
+) -> Float[Array, "n d"]:
+    """Posterior draws mapped to the ravelled unconstrained space that `SIFlowBoost` works in.
+
+    **Arguments:**
+
+    - `model`: the NumPyro model.
+    - `samples`: constrained draws keyed by latent site name, each with a leading draw axis
+      (e.g. `mcmc.get_samples()` of a pilot run; non-latent sites are ignored).
+    - `model_args`, `model_kwargs`: the model's arguments.
+
+    **Returns:** an `(n, d)` array to fit the flow on (`numpyro_si.fit`).
+    """
+    model_kwargs = {} if model_kwargs is None else model_kwargs
+
+    def one(params):
+        transforms = get_transforms(model, model_args, model_kwargs, params)
+        missing = set(transforms) - set(params)
+        if missing:
+            raise ValueError(f"samples lack the latent site(s) {sorted(missing)}.")
+        # only latent sites, in the order `ravel_pytree` gives the unconstrained dict `z`
+        unconstrained = {name: transforms[name].inv(params[name]) for name in transforms}
+        return ravel_pytree(unconstrained)[0]
+
+    return jax.vmap(one)(samples)
