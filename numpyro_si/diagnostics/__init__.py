@@ -1,6 +1,7 @@
 """Diagnostics for stochastic-interpolant flows: how good a learned density is, with numbers that
 carry their uncertainty (MATH.md sections 4 and 5)."""
 
+from ._cross_entropy import CrossEntropy, cross_entropy
 from ._importance import (
     ImportanceDiagnostics,
     ModelLogDensity,
@@ -9,3 +10,4 @@ from ._importance import (
     log_target_from_model,
 )
 from ._loss_profile import KLBound, LossProfile, kl_bound, kl_bound_from_oracle, loss_profile
+from ._sde_likelihood import SDELikelihood, sde_log_likelihood
