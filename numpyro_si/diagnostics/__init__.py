@@ -10,4 +10,6 @@ from ._importance import (
     log_target_from_model,
 )
 from ._loss_profile import KLBound, LossProfile, kl_bound, kl_bound_from_oracle, loss_profile
+from ._plots import plot_loss_curves, plot_loss_profile, plot_marginals, plot_nll_histogram
+from ._report import DiagnosticReport, diagnostic_report
 from ._sde_likelihood import SDELikelihood, sde_log_likelihood
