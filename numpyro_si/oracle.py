@@ -22,6 +22,8 @@ flow = nsi.SIFlow(oracle.interpolant, oracle.velocity, base=oracle.base_distribu
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -32,7 +34,9 @@ from ._interpolants import AbstractInterpolant, AbstractOneSidedInterpolant, Mir
 
 __all__ = ["GaussianMixture", "GaussianMixtureOracle"]
 
-_LOG_2PI = jnp.log(2 * jnp.pi)
+# A Python float, not a jnp array: an array made at import time would be float32 (unless x64 was on
+# at import) and would cap the oracle's log densities at float32 accuracy under `jax.enable_x64`.
+_LOG_2PI = math.log(2 * math.pi)
 
 
 class GaussianMixture(eqx.Module):
