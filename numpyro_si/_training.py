@@ -257,7 +257,10 @@ def fit(
     # Small data sets make short epochs: run several per jitted call so that validation (and the
     # trip back to Python) happens at most every `min_steps_between_validations` steps.
     epochs_per_round = max(1, math.ceil(min_steps_between_validations / steps_per_epoch))
-    n_rounds = max(1, math.ceil(max_epochs / epochs_per_round))
+    # Spread max_epochs evenly over the rounds (never a round longer than max_epochs), so at most
+    # n_rounds - 1 epochs beyond max_epochs are run.
+    n_rounds = max(1, max_epochs // epochs_per_round)
+    epochs_per_round = math.ceil(max_epochs / n_rounds)
     total_steps = n_rounds * epochs_per_round * steps_per_epoch
     if max_patience is None:
         max_patience = max(20 * epochs_per_round, n_rounds * epochs_per_round // 5)
