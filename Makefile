@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install install-bench demo test test-all lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+BENCH_STAMP := $(VENV)/.installed-bench
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	$(PY) -m pip install --quiet --no-deps sbibm
+	touch $(BENCH_STAMP)
+
+install-bench: $(BENCH_STAMP)
 
 demo: install
 	$(PY) examples/demo.py
@@ -27,6 +35,11 @@ test-all: install
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Measured comparisons against peers (flowjax, flowMC, NumPyro); results go to docs/benchmarks.md.
+bench: install-bench
+	$(PY) benchmarks/density.py
+	$(PY) benchmarks/mcmc.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
