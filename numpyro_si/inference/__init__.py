@@ -5,14 +5,18 @@
 - `mixed`: local BlackJAX moves (NUTS, HMC, MALA, ...) interleaved with global flow moves
   (`MixedState`, `MixedInfo`, ...).
 - `run_chain`: a `lax.scan` driver for any step function.
+- `adaptive`: `adaptive.run(key, logdensity_fn, initial_positions, ...)`, parallel chains whose
+  warm-up trains the flow on their states while it proposes global moves, then exact MCMC with the
+  frozen flow (`AdaptiveResult`).
 - `SIFlowBoost`: the NumPyro entry point, `MCMC(SIFlowBoost(NUTS(model), flow), ...)`, with flow
   moves in the unconstrained space (`unconstrained_draws` maps posterior draws there).
 
 Importing this package imports BlackJAX; `import numpyro_si` alone does not.
 """
 
-from . import independence, mixed
+from . import adaptive, independence, mixed
 from ._chain import run_chain
+from .adaptive import AdaptiveResult
 from .independence import IMHInfo, IMHState
 from .mixed import MixedInfo, MixedState
 from .numpyro_kernel import SIFlowBoost, SIFlowBoostState, unconstrained_draws

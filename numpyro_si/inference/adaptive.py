@@ -1,0 +1,521 @@
+"""An adaptive driver: learn an `SIFlow` proposal from the chains during warm-up, then run exact
+MCMC with the frozen flow.
+
+For an unnormalised target pi of unknown shape, `run` alternates two things during warm-up:
+
+1. **sampling rounds**: every chain (parallel chains by `jax.vmap`, one jitted `lax.scan` per
+   round) takes `n_local` local steps (MALA, HMC, NUTS or any BlackJAX kernel) and then one
+   global independence Metropolis-Hastings move proposed by the current flow (the `mixed`
+   kernel); the first round has no flow yet and takes local steps only. The local step size is
+   tuned by dual averaging on the chains' mean local acceptance rate (one step size for all
+   chains);
+2. **fitting rounds**: the flow is (re)fitted by `numpyro_si.fit` (the interpolant objectives) to
+   the states all chains visited in the latest sampling round, warm-started from the previous
+   round's velocity network.
+
+Then the flow and the step size are frozen and `n_production` transitions of the same `mixed`
+kernel are run: a fixed pi-invariant kernel, so the production draws are a valid MCMC.
+
+What the flow can learn. It is fitted to where the chains have been, so every mode must be
+visited by some chain during warm-up: start the chains spread out (e.g. from the prior or a wide
+box). The chains' split between modes need not be right: the global moves' MH ratio w(y)/w(x),
+w = pi/q, moves chains between modes until their split follows pi, and each refit follows the
+chains. A mode no chain ever visits is never proposed.
+
+Exactness (MATH.md sections 4-5 and `numpyro_si.inference.independence`): the MH ratio uses log q
+from the flow's ODE with the exact divergence (trace of the Jacobian). What is left is the ODE
+solver's error: the proposal y comes from an adaptive forward solve and log q(y) from an adaptive
+backward solve, each accurate to about the tolerance `flow_tol`; the production chain targets pi
+up to a perturbation of log q of that size (default 1e-7 in float64, 1e-5 in float32), far below
+the Monte Carlo error of any run. `AdaptiveResult.log_q_solver_error` measures it at a few
+production states by re-solving with a 100 times tighter tolerance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.adaptation.step_size import dual_averaging_adaptation
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
+from tqdm.auto import tqdm
+
+from .._distribution import SIFlow
+from .._training import fit
+from . import mixed
+from .independence import flow_log_density
+
+__all__ = ["AdaptiveResult", "run", "LOCAL_KERNELS"]
+
+#: Local kernels `run` builds by name, with the acceptance rate dual averaging aims at.
+LOCAL_KERNELS = {"mala": 0.574, "hmc": 0.8, "nuts": 0.8}
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveResult:
+    """What `run` returns.
+
+    - `samples`: production draws, shape `(n_chains, n_production, d)` (the state after each
+      transition: `n_local` local steps and one global flow move).
+    - `logdensity`: log pi of the draws, `(n_chains, n_production)`.
+    - `flow`: the frozen `SIFlow` used as the production proposal.
+    - `step_size`: the frozen local step size; `inverse_mass_matrix`: the local kernel's (HMC,
+      NUTS; `None` for MALA and custom kernels).
+    - `local_acceptance`: per transition, the mean acceptance probability of its local steps,
+      `(n_chains, n_production)`.
+    - `global_acceptance`, `global_accepted`: the flow move's MH acceptance probability and
+      whether it was taken, `(n_chains, n_production)`.
+    - `global_failed`: whether a flow density solve failed in that move (it is then rejected).
+    - `grad_evals_warmup`, `grad_evals_production`: target log-density gradient evaluations,
+      summed over chains (local integration steps, plus one per global move at the proposal,
+      plus one per chain at initialisation).
+    - `timing`: wall-clock seconds: `"warmup_sampling"`, `"training"`, `"production"`, `"total"`
+      (compilation included).
+    - `warmup`: per warm-up round, lists `"local_acceptance"`, `"global_acceptance"` (nan in the
+      first, flow-less round), `"step_size"` (at the round's end), `"n_training_points"` and
+      `"fit_history"` (the `history` of each `numpyro_si.fit`).
+    - `log_q_solver_error`: max |log q(x) at `flow_tol` - log q(x) at `flow_tol / 100`| over up to
+      16 production states (nats): the size of the remaining solver error in the MH ratio (nan if
+      not checked).
+    """
+
+    samples: Float[Array, "chains draws d"]
+    logdensity: Float[Array, "chains draws"]
+    flow: SIFlow
+    step_size: float
+    inverse_mass_matrix: Array | None
+    local_acceptance: Float[Array, "chains draws"]
+    global_acceptance: Float[Array, "chains draws"]
+    global_accepted: Bool[Array, "chains draws"]
+    global_failed: Bool[Array, "chains draws"]
+    grad_evals_warmup: int
+    grad_evals_production: int
+    timing: dict[str, float]
+    warmup: dict[str, list]
+    log_q_solver_error: float
+
+    @property
+    def n_chains(self) -> int:
+        return self.samples.shape[0]
+
+    def to_inference_data(self, var_name: str = "x"):
+        """The production draws as `arviz.InferenceData`: posterior `var_name` with dims
+        `(chain, draw, {var_name}_dim_0)`, and `sample_stats` with `lp` (log pi),
+        `acceptance_rate` (local), `global_acceptance_rate` and `global_is_accepted`."""
+        import arviz as az
+
+        return az.from_dict(
+            posterior={var_name: np.asarray(self.samples)},
+            sample_stats={
+                "lp": np.asarray(self.logdensity),
+                "acceptance_rate": np.asarray(self.local_acceptance),
+                "global_acceptance_rate": np.asarray(self.global_acceptance),
+                "global_is_accepted": np.asarray(self.global_accepted),
+            },
+        )
+
+
+class _Local(NamedTuple):
+    """How to build the local kernel for a given step size, and what it aims at."""
+
+    make: Callable  # step_size -> SamplingAlgorithm
+    target_acceptance: float
+    inverse_mass_matrix: Array | None
+
+
+def _local_kernel(
+    local, logdensity_fn, dim, dtype, inverse_mass_matrix, num_integration_steps,
+    target_acceptance,
+) -> _Local:
+    if isinstance(local, str):
+        if local not in LOCAL_KERNELS:
+            raise ValueError(
+                f"local must be one of {sorted(LOCAL_KERNELS)} or a kernel factory"
+                f" local(logdensity_fn, step_size) -> SamplingAlgorithm, got {local!r}."
+            )
+        target = LOCAL_KERNELS[local] if target_acceptance is None else target_acceptance
+        if local == "mala":
+            if inverse_mass_matrix is not None:
+                raise ValueError("BlackJAX's MALA has no mass matrix; omit inverse_mass_matrix.")
+            return _Local(lambda step: blackjax.mala(logdensity_fn, step), target, None)
+        imm = jnp.ones(dim, dtype) if inverse_mass_matrix is None else jnp.asarray(
+            inverse_mass_matrix, dtype
+        )
+        if imm.shape not in ((dim,), (dim, dim)):
+            raise ValueError(
+                f"inverse_mass_matrix must have shape ({dim},) or ({dim}, {dim}), got {imm.shape}."
+            )
+        if local == "hmc":
+            if not (isinstance(num_integration_steps, int) and num_integration_steps >= 1):
+                raise ValueError(
+                    f"num_integration_steps must be a positive int, got {num_integration_steps!r}."
+                )
+            return _Local(
+                lambda step: blackjax.hmc(logdensity_fn, step, imm, num_integration_steps),
+                target, imm,
+            )
+        return _Local(lambda step: blackjax.nuts(logdensity_fn, step, imm), target, imm)
+    if callable(local):
+        if target_acceptance is None:
+            raise ValueError(
+                "A custom local kernel factory needs target_acceptance (the acceptance rate the"
+                " step size is tuned to, e.g. 0.574 for MALA-like, 0.8 for HMC-like kernels)."
+            )
+        return _Local(lambda step: local(logdensity_fn, step), target_acceptance, None)
+    raise TypeError(
+        f"local must be 'mala', 'hmc', 'nuts' or a factory local(logdensity_fn, step_size) ->"
+        f" SamplingAlgorithm, got {local!r}."
+    )
+
+
+def _check_inputs(logdensity_fn, initial_positions) -> Array:
+    if not callable(logdensity_fn):
+        raise TypeError(f"logdensity_fn must be callable, got {logdensity_fn!r}.")
+    positions = jnp.asarray(initial_positions)
+    if not jnp.issubdtype(positions.dtype, jnp.floating):
+        raise TypeError(
+            f"initial_positions must be a floating-point array, got dtype {positions.dtype}."
+        )
+    if positions.ndim != 2 or positions.shape[0] < 1 or positions.shape[1] < 1:
+        raise ValueError(
+            "initial_positions must have shape (n_chains, d), one row per chain, got shape"
+            f" {positions.shape}."
+        )
+    bad = ~np.asarray(jnp.all(jnp.isfinite(positions), axis=1))
+    if bad.any():
+        raise ValueError(
+            f"initial_positions has NaN or inf in chain(s) {np.flatnonzero(bad).tolist()}."
+        )
+    shape = jax.eval_shape(logdensity_fn, positions[0]).shape
+    if shape != ():
+        raise ValueError(
+            "logdensity_fn must return a scalar for one position of shape"
+            f" ({positions.shape[1]},); got shape {shape}."
+        )
+    logdensity, gradient = jax.jit(jax.vmap(jax.value_and_grad(logdensity_fn)))(positions)
+    bad = ~np.asarray(jnp.isfinite(logdensity))
+    if bad.any():
+        raise ValueError(
+            f"logdensity_fn is not finite at the initial position(s) of chain(s)"
+            f" {np.flatnonzero(bad).tolist()} (values {np.asarray(logdensity)[bad].tolist()});"
+            " start the chains inside the support."
+        )
+    bad = ~np.asarray(jnp.all(jnp.isfinite(gradient), axis=1))
+    if bad.any():
+        raise ValueError(
+            f"The gradient of logdensity_fn is not finite at the initial position(s) of chain(s)"
+            f" {np.flatnonzero(bad).tolist()}."
+        )
+    return positions
+
+
+def _positive_int(name, value, minimum=1):
+    if not (isinstance(value, int | np.integer) and not isinstance(value, bool)
+            and value >= minimum):
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _grad_evals(local_info) -> Array:
+    """Target-gradient evaluations of local steps: HMC/NUTS report their integration steps; a
+    kernel that does not (MALA) takes one per step."""
+    steps = getattr(local_info, "num_integration_steps", None)
+    if steps is None:
+        return jnp.asarray(local_info.acceptance_rate.size)
+    return jnp.sum(steps)
+
+
+def _recording(step: Callable) -> Callable:
+    """A local step that also returns the position it reached (training data for free)."""
+
+    def recorded(rng_key, state):
+        state, info = step(rng_key, state)
+        return state, (info, state.position)
+
+    return recorded
+
+
+def _thin(points: np.ndarray, max_points: int) -> np.ndarray:
+    """Every k-th point of the time-ordered `(draws, chains, d)` array, at most max_points."""
+    flat = points.reshape(-1, points.shape[-1])
+    stride = max(1, math.ceil(flat.shape[0] / max_points))
+    return flat[::stride]
+
+
+def run(
+    key: PRNGKeyArray,
+    logdensity_fn: Callable[[Float[Array, " d"]], Float[Array, ""]],
+    initial_positions: Float[ArrayLike, "chains d"],
+    *,
+    local: str | Callable = "mala",
+    step_size: float = 0.1,
+    adapt_step_size: bool = True,
+    target_acceptance: float | None = None,
+    inverse_mass_matrix: Float[ArrayLike, "..."] | None = None,
+    num_integration_steps: int = 10,
+    n_local: int = 5,
+    n_warmup_rounds: int = 4,
+    n_warmup_steps: int = 200,
+    n_production: int = 1000,
+    fit_steps: int | Sequence[int] = 2000,
+    fit_options: dict[str, Any] | None = None,
+    max_training_points: int = 20_000,
+    flow_tol: float | None = None,
+    check_solver_error: bool = True,
+    show_progress: bool = True,
+) -> AdaptiveResult:
+    """Warm up parallel chains while learning an `SIFlow` proposal, then sample with it frozen.
+
+    See the module docstring for the scheme, what the flow can learn and the remaining error.
+
+    **Arguments:**
+
+    - `key`: a `jax.random` key.
+    - `logdensity_fn`: log pi of ONE position of shape `(d,)` (unnormalised, differentiable).
+    - `initial_positions`: `(n_chains, d)` starting points, finite, with finite log pi and
+      gradient. Spread them over the region where mass may be: the flow only learns the modes
+      the chains visit.
+    - `local`: the local kernel, `"mala"`, `"hmc"`, `"nuts"`, or a factory
+      `local(logdensity_fn, step_size) -> blackjax.SamplingAlgorithm` whose states have
+      `position` and `logdensity` (then `target_acceptance` is required).
+    - `step_size`: the initial local step size (the frozen one if `adapt_step_size=False`).
+    - `adapt_step_size`: tune the step size by dual averaging during warm-up (one step size for
+      all chains, aimed at their mean acceptance rate).
+    - `target_acceptance`: the acceptance rate aimed at (default 0.574 for MALA, 0.8 for
+      HMC/NUTS).
+    - `inverse_mass_matrix`: for HMC/NUTS, `(d,)` or `(d, d)` (default identity); fixed.
+    - `num_integration_steps`: leapfrog steps of an HMC step.
+    - `n_local`: local steps per transition (each transition ends with one global flow move).
+    - `n_warmup_rounds`: sampling-then-fitting rounds (at least 1: the flow is fitted after
+      each, the first round samples with local steps only).
+    - `n_warmup_steps`: transitions per warm-up round.
+    - `n_production`: transitions of the production chain (draws per chain).
+    - `fit_steps`: optimiser steps of each round's `numpyro_si.fit` (an int, or one per round).
+    - `fit_options`: further keyword arguments of `numpyro_si.fit` (e.g. `width`, `depth`,
+      `batch_size`, `learning_rate`); rounds after the first warm-start from the previous
+      velocity network (`velocity_network=`), so architecture options only affect the first.
+    - `max_training_points`: cap on each round's training set (every local step's state of
+      every chain, thinned evenly in time).
+    - `flow_tol`: `rtol = atol` of the flow's ODE solves in the MH ratio (default 1e-7 in
+      float64, 1e-5 in float32).
+    - `check_solver_error`: measure `log_q_solver_error` at the end.
+    - `show_progress`: a tqdm progress bar over rounds and production chunks.
+
+    **Returns:** an `AdaptiveResult` (production draws `(n_chains, n_production, d)`, frozen
+    flow, local and global acceptance, gradient-evaluation counts, timing, warm-up history).
+
+    Example:
+
+    ```python
+    from numpyro_si.inference import adaptive
+
+    x0 = jax.random.uniform(key_init, (16, 2), minval=-6.0, maxval=6.0)
+    result = adaptive.run(key, logdensity_fn, x0, local="mala", n_production=2000)
+    result.samples  # (16, 2000, 2)
+    az.ess(result.to_inference_data())
+    ```
+    """
+    t_start = time.perf_counter()
+    positions = _check_inputs(logdensity_fn, initial_positions)
+    n_chains, dim = positions.shape
+    dtype = positions.dtype
+    n_local = _positive_int("n_local", n_local)
+    n_warmup_rounds = _positive_int("n_warmup_rounds", n_warmup_rounds)
+    n_warmup_steps = _positive_int("n_warmup_steps", n_warmup_steps)
+    n_production = _positive_int("n_production", n_production)
+    max_training_points = _positive_int("max_training_points", max_training_points, 2)
+    if not (math.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be a positive float, got {step_size!r}.")
+    if target_acceptance is not None and not 0.0 < target_acceptance < 1.0:
+        raise ValueError(f"target_acceptance must be in (0, 1), got {target_acceptance!r}.")
+    if isinstance(fit_steps, int | np.integer):
+        fit_steps = [int(fit_steps)] * n_warmup_rounds
+    fit_steps = [_positive_int("fit_steps", int(s)) for s in fit_steps]
+    if len(fit_steps) != n_warmup_rounds:
+        raise ValueError(
+            f"fit_steps must be an int or have one entry per warm-up round ({n_warmup_rounds}),"
+            f" got {len(fit_steps)}."
+        )
+    fit_options = dict(fit_options or {})
+    for reserved in ("max_steps", "velocity_network", "sampler"):
+        if reserved in fit_options:
+            raise ValueError(f"fit_options must not set {reserved!r}; run sets it.")
+    if flow_tol is None:
+        flow_tol = 1e-7 if dtype == jnp.float64 else 1e-5
+    spec = _local_kernel(
+        local, logdensity_fn, dim, dtype, inverse_mass_matrix, num_integration_steps,
+        target_acceptance,
+    )
+    da_init, da_update, da_final = dual_averaging_adaptation(spec.target_acceptance)
+
+    # -- one jitted round: n_round transitions of every chain -----------------------------------
+    # The same compiled round serves warm-up (step size adapted) and production (`adapt` False:
+    # the step size stays at the frozen value), so the mixed kernel is compiled once.
+
+    def local_transition(states, step, key):
+        """n_local local steps on every chain (the first, flow-less round)."""
+        recorded = _recording(spec.make(step).step)
+
+        def one_chain(chain_key, state):
+            return jax.lax.scan(
+                lambda s, k: recorded(k, s), state, jax.random.split(chain_key, n_local)
+            )
+
+        states, (infos, path) = jax.vmap(one_chain)(jax.random.split(key, n_chains), states)
+        nan = jnp.full((n_chains,), jnp.nan, dtype)
+        false = jnp.zeros((n_chains,), bool)
+        return states, states, infos, path, (nan, false, false)
+
+    def flow_transition(states, step, key, flow):
+        """One `mixed` transition on every chain with the flow."""
+        algorithm = spec.make(step)
+        mixed_algorithm = mixed.as_top_level_api(
+            logdensity_fn, flow, _recording(algorithm.step), n_local=n_local,
+            local_init=algorithm.init,
+        )
+        states, info = jax.vmap(mixed_algorithm.step)(jax.random.split(key, n_chains), states)
+        infos, path = info.local_info
+        global_record = (
+            info.global_acceptance_rate, info.global_is_accepted, info.global_proposal_failed
+        )
+        return states, states.local_state, infos, path, global_record
+
+    def sampling_round(states, da_state, key, adapt, flow, n_round):
+        def transition(carry, k):
+            states, da_state = carry
+            step = jnp.exp(da_state.log_step_size)
+            if flow is None:
+                states, local_states, infos, path, global_record = local_transition(
+                    states, step, k
+                )
+            else:
+                states, local_states, infos, path, global_record = flow_transition(
+                    states, step, k, flow
+                )
+            local_rate = jnp.mean(infos.acceptance_rate, axis=-1)  # per chain
+            if adapt_step_size:
+                updated = da_update(da_state, jnp.mean(local_rate))
+                da_state = jax.tree.map(lambda a, b: jnp.where(adapt, a, b), updated, da_state)
+            grads = _grad_evals(infos) + (0 if flow is None else n_chains)
+            record = (local_states.position, local_states.logdensity, local_rate, *global_record)
+            return (states, da_state), (record, path, grads)
+
+        (states, da_state), (record, path, grads) = jax.lax.scan(
+            transition, (states, da_state), jax.random.split(key, n_round)
+        )
+        # record: (steps, chains, ...) -> (chains, steps, ...); path -> time-ordered
+        # (steps * n_local, chains, d)
+        record = jax.tree.map(lambda leaf: jnp.swapaxes(leaf, 0, 1), record)
+        path = jnp.swapaxes(path, 1, 2).reshape(-1, n_chains, dim)
+        return states, da_state, record, path, jnp.sum(grads)
+
+    local_round = jax.jit(
+        lambda s, da, k: sampling_round(s, da, k, True, None, n_warmup_steps)
+    )
+    flow_round = jax.jit(
+        lambda s, da, k, adapt, flow: sampling_round(s, da, k, adapt, flow, n_warmup_steps)
+    )
+
+    @jax.jit
+    def attach_flow(local_states, flow):
+        log_q = jax.vmap(lambda x: flow_log_density(flow, x)[0])(local_states.position)
+        return mixed.MixedState(local_states, log_q)
+
+    # -- warm-up ----------------------------------------------------------------------------------
+    n_chunks = math.ceil(n_production / n_warmup_steps)
+    bar = tqdm(total=2 * n_warmup_rounds + n_chunks, desc="adaptive", disable=not show_progress)
+    timing = {"warmup_sampling": 0.0, "training": 0.0, "production": 0.0}
+    history = {name: [] for name in (
+        "local_acceptance", "global_acceptance", "step_size", "n_training_points", "fit_history"
+    )}
+    key_warmup, key_fit, key_production = jax.random.split(key, 3)
+    local_states = jax.jit(jax.vmap(spec.make(step_size).init))(positions)
+    da_state = da_init(jnp.asarray(step_size, dtype))
+    grad_evals_warmup = n_chains
+    flow = None
+    for round_index in range(n_warmup_rounds):
+        bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}: sampling")
+        tic = time.perf_counter()
+        key_warmup, key_round = jax.random.split(key_warmup)
+        if flow is None:
+            local_states, da_state, record, path, grads = local_round(
+                local_states, da_state, key_round
+            )
+        else:
+            states, da_state, record, path, grads = flow_round(
+                attach_flow(local_states, flow), da_state, key_round, True, flow
+            )
+            local_states = states.local_state
+        path = np.asarray(path)
+        timing["warmup_sampling"] += time.perf_counter() - tic
+        grad_evals_warmup += int(grads)
+        local_rate, global_rate = float(jnp.mean(record[2])), float(jnp.mean(record[3]))
+        history["local_acceptance"].append(local_rate)
+        history["global_acceptance"].append(global_rate)
+        history["step_size"].append(float(jnp.exp(da_state.log_step_size)))
+        if not np.all(np.isfinite(path)):
+            raise FloatingPointError(
+                f"Warm-up round {round_index + 1}: a chain reached a non-finite position; lower"
+                " step_size or check logdensity_fn."
+            )
+        bar.update()
+
+        bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}: fitting")
+        tic = time.perf_counter()
+        training = _thin(path, max_training_points)
+        key_fit, key_round = jax.random.split(key_fit)
+        options = dict(show_progress=False) | fit_options
+        if flow is not None:
+            options["velocity_network"] = flow.velocity
+        new_flow, fit_history = fit(
+            key_round, training, max_steps=fit_steps[round_index], sampler="ode", **options
+        )
+        flow = new_flow.with_sampler("ode", rtol=flow_tol, atol=flow_tol)
+        timing["training"] += time.perf_counter() - tic
+        history["n_training_points"].append(int(training.shape[0]))
+        history["fit_history"].append(fit_history)
+        bar.set_postfix(local_acc=f"{local_rate:.2f}", global_acc=f"{global_rate:.2f}",
+                        refresh=False)
+        bar.update()
+
+    # -- production: frozen flow and step size, the plain mixed kernel ----------------------------
+    final_step_size = float(da_final(da_state)) if adapt_step_size else float(step_size)
+    frozen_da = da_state._replace(log_step_size=jnp.log(jnp.asarray(final_step_size, dtype)))
+    bar.set_description("production")
+    tic = time.perf_counter()
+    # the production chain starts where warm-up ended (BlackJAX's local states do not depend on
+    # the step size, so the last warm-up states carry over)
+    states = attach_flow(local_states, flow)
+    records, grad_evals_production = [], 0
+    for chunk_key in jax.random.split(key_production, n_chunks):
+        states, _, record, _, grads = flow_round(states, frozen_da, chunk_key, False, flow)
+        records.append(jax.device_get(record))
+        grad_evals_production += int(grads)
+        bar.update()
+    bar.close()
+    samples, logdensity, local_rate, global_rate, accepted, failed = (
+        jnp.concatenate(parts, axis=1)[:, :n_production] for parts in zip(*records, strict=True)
+    )
+    timing["production"] = time.perf_counter() - tic
+
+    solver_error = float("nan")
+    if check_solver_error:
+        check = samples[:, -1][:16]
+        tight = flow.with_sampler("ode", rtol=flow_tol / 100, atol=flow_tol / 100)
+        log_q, log_q_tight = jax.jit(lambda x: (flow.log_prob(x), tight.log_prob(x)))(check)
+        solver_error = float(jnp.max(jnp.abs(log_q - log_q_tight)))
+    timing["total"] = time.perf_counter() - t_start
+    return AdaptiveResult(
+        samples=samples, logdensity=logdensity, flow=flow, step_size=final_step_size,
+        inverse_mass_matrix=spec.inverse_mass_matrix, local_acceptance=local_rate,
+        global_acceptance=global_rate, global_accepted=accepted, global_failed=failed,
+        grad_evals_warmup=grad_evals_warmup, grad_evals_production=grad_evals_production,
+        timing=timing, warmup=history, log_q_solver_error=solver_error,
+    )

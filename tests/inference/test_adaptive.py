@@ -1,0 +1,123 @@
+"""The adaptive driver (numpyro_si.inference.adaptive): flow learned from the chains in warm-up,
+frozen for production.
+
+Target: the shared 2-d mixture (modes at x = -4, weight 0.3, and x = +4, weight 0.7, ~16 nats of
+barrier; local MALA/NUTS never cross it, see test_mixed.test_local_kernels_alone_stay_stuck).
+The chains start four in each mode, so chains that never jump would give the mode weight 0.5.
+"""
+
+import blackjax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from numpyro_si.inference import AdaptiveResult, adaptive
+
+from . import assert_unbiased, in_second_mode, mixture_problem, target_moments
+
+N_CHAINS = 8
+TINY = dict(
+    n_local=2, n_warmup_rounds=1, n_warmup_steps=10, n_production=15, fit_steps=50,
+    fit_options=dict(width=16, depth=1, batch_size=64, val_prop=0.0), check_solver_error=False,
+    show_progress=False,
+)
+
+
+def split_start(target):
+    """Four chains at each mode."""
+    return jnp.concatenate([jnp.tile(target.means[0], (4, 1)), jnp.tile(target.means[1], (4, 1))])
+
+
+def test_shapes_counts_and_frozen_flow():
+    target, _, _ = mixture_problem()
+    start = split_start(target).astype(jnp.float32)
+    result = adaptive.run(jax.random.key(0), target.log_prob, start, local="mala", **TINY)
+    assert isinstance(result, AdaptiveResult)
+    assert result.samples.shape == (N_CHAINS, 15, 2)
+    for field in ("logdensity", "local_acceptance", "global_acceptance", "global_accepted"):
+        assert getattr(result, field).shape == (N_CHAINS, 15), field
+    np.testing.assert_allclose(
+        result.logdensity, target.log_prob(result.samples.reshape(-1, 2)).reshape(N_CHAINS, 15),
+        rtol=1e-5, atol=1e-4,
+    )
+    assert result.flow.rtol == result.flow.atol == 1e-5  # the float32 default
+    assert result.step_size > 0 and np.isnan(result.log_q_solver_error)
+    # MALA: one gradient per local step, one per global move, one per chain at the start; the
+    # warm-up round has no flow yet, production runs whole rounds of 10 transitions (2 for 15)
+    n_local, steps = TINY["n_local"], TINY["n_warmup_steps"]
+    assert result.grad_evals_warmup == N_CHAINS * (1 + steps * n_local)
+    assert result.grad_evals_production == N_CHAINS * 2 * steps * (n_local + 1)
+    assert len(result.warmup["fit_history"]) == 1
+    assert result.warmup["n_training_points"] == [N_CHAINS * steps * n_local]
+    assert np.isnan(result.warmup["global_acceptance"][0])
+    assert 0.0 <= float(jnp.mean(result.global_acceptance)) <= 1.0
+    assert set(result.timing) == {"warmup_sampling", "training", "production", "total"}
+    idata = result.to_inference_data()
+    assert idata.posterior["x"].shape == (N_CHAINS, 15, 2)
+    assert "global_acceptance_rate" in idata.sample_stats
+
+
+def test_bad_inputs():
+    target, _, _ = mixture_problem()
+    good = split_start(target)
+    run = adaptive.run
+    key = jax.random.key(0)
+    with pytest.raises(ValueError, match=r"\(n_chains, d\)"):
+        run(key, target.log_prob, good[0], **TINY)
+    with pytest.raises(TypeError, match="floating"):
+        run(key, target.log_prob, jnp.zeros((4, 2), dtype=jnp.int32), **TINY)
+    with pytest.raises(ValueError, match=r"chain\(s\) \[2\]"):
+        run(key, target.log_prob, good.at[2, 1].set(jnp.nan), **TINY)
+    with pytest.raises(ValueError, match=r"not finite .* chain\(s\) \[0, 3\]"):
+        def log_half_plane(x):  # -inf left of x0 = -4.5
+            return jnp.where(x[0] > -4.5, target.log_prob(x), -jnp.inf)
+
+        run(key, log_half_plane, good.at[jnp.array([0, 3]), 0].set(-5.0), **TINY)
+    with pytest.raises(ValueError, match="scalar"):
+        run(key, lambda x: x, good, **TINY)
+    with pytest.raises(ValueError, match="local must be one of"):
+        run(key, target.log_prob, good, local="slice", **TINY)
+    with pytest.raises(ValueError, match="target_acceptance"):
+        run(key, target.log_prob, good, local=blackjax.mala, **TINY)
+    with pytest.raises(ValueError, match="inverse_mass_matrix"):
+        run(key, target.log_prob, good, local="nuts", inverse_mass_matrix=jnp.ones(3), **TINY)
+    with pytest.raises(ValueError, match="n_warmup_rounds"):
+        run(key, target.log_prob, good, **(TINY | dict(n_warmup_rounds=0)))
+    with pytest.raises(ValueError, match="fit_steps"):
+        run(key, target.log_prob, good, **(TINY | dict(fit_steps=[10, 10])))
+    with pytest.raises(ValueError, match="step_size"):
+        run(key, target.log_prob, good, step_size=-0.1, **TINY)
+    with pytest.raises(ValueError, match="velocity_network"):
+        run(key, target.log_prob, good,
+            **(TINY | dict(fit_options=dict(velocity_network=None))))
+
+
+STATISTICAL = dict(
+    n_warmup_rounds=3, n_warmup_steps=100, fit_steps=1000,
+    fit_options=dict(width=64, depth=2), show_progress=False,
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("local", ["mala", "nuts"])
+def test_production_chain_is_unbiased(x64, local):
+    """Chains split 4/4 between the modes (weight 0.5 if they never jumped); the production
+    chain's mode weight (truth 0.7) and first two moments are within 4 ESS-based standard errors,
+    the mode weight within the issue's 0.03, and every chain visits both modes."""
+    target, _, _ = mixture_problem()
+    result = adaptive.run(
+        jax.random.key(11), target.log_prob, split_start(target), local=local, n_local=5,
+        n_production=1000, **STATISTICAL,
+    )
+    assert result.samples.shape == (N_CHAINS, 1000, 2)
+    assert not bool(jnp.any(result.global_failed))
+    assert result.log_q_solver_error < 1e-5  # float64, flow_tol 1e-7
+    per_chain = in_second_mode(result.samples).mean(axis=1)
+    assert np.all((per_chain > 0.2) & (per_chain < 0.95)), per_chain  # no chain stuck
+    assert float(jnp.mean(result.global_acceptance)) > 0.3
+
+    weight_se, ess = assert_unbiased(result.samples, target, burn_in=0)
+    assert weight_se < 0.01, f"too few effective draws for the mode weight (ESS {ess:.0f})"
+    weight = in_second_mode(result.samples).mean()
+    assert abs(weight - target_moments(target)[0]) < 0.03
