@@ -385,6 +385,7 @@ def test_standardization(x64):
     np.testing.assert_allclose(fitted.forward(fitted.inverse(y)), y, rtol=1e-12)
 
 
+@pytest.mark.slow  # statistical; `make test-all`
 def test_prior_under_nuts():
     """theta ~ flow (exact velocity to N(mu0, S0)), y | theta ~ N(theta, R): the posterior is
     Gaussian in closed form; the NUTS posterior mean must match it within MC error (ESS-based)."""

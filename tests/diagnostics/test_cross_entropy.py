@@ -81,6 +81,7 @@ def test_result_object_and_string():  # default float32
     assert repr(result).startswith("CrossEntropy(")
 
 
+@pytest.mark.slow  # statistical; `make test-all`
 def test_batches_and_chain_axes_do_not_change_the_result(x64):
     flow, target = make_flow()
     x, _ = target.sample(jax.random.key(2), 30)

@@ -291,6 +291,7 @@ def gaussian_kl_of_shift(covariance, shift):
 EPS_GRID = (0.1, 0.3, 1.0, 3.0)
 
 
+@pytest.mark.slow  # statistical; `make test-all`
 def test_kl_bound_holds_for_shifted_fields(x64):
     """SDE with b^ = b + c, s^ = s + c' between two Gaussians: the true KL(rho1 || rho^1_SDE)
     (closed form) is below the Girsanov path KL |c + eps c'|^2 / (4 eps), which is below the bound

@@ -25,6 +25,7 @@ def run_parallel(algorithm, key, positions, n_steps):
     return run(keys, states)
 
 
+@pytest.mark.slow  # statistical; `make test-all`
 def test_imh_is_unbiased_on_a_mixture(x64):
     target, proposal, flow = mixture_problem()
     imh = independence.as_top_level_api(target.log_prob, flow)
@@ -54,6 +55,7 @@ def test_imh_is_unbiased_on_a_mixture(x64):
     assert abs(estimate - expected) < 4 * np.hypot(se, expected_se)
 
 
+@pytest.mark.slow  # statistical; `make test-all`
 def test_vmap_runs_independent_chains(x64):
     """Each vmapped chain is exactly the single chain run with its own key: no coupling."""
     target, _, flow = mixture_problem()

@@ -46,6 +46,7 @@ def test_local_kernels_alone_stay_stuck(x64):
         assert np.all(in_second_mode(states.position) == 0.0)  # ...but only within their mode
 
 
+@pytest.mark.slow  # statistical; `make test-all`
 def test_mixed_nuts_recovers_mode_weights(x64):
     target, proposal, flow = mixture_problem()
     nuts = blackjax.nuts(target.log_prob, 0.5, jnp.ones(2))
