@@ -34,7 +34,6 @@ test-all: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check .
 
 # Measured comparisons against peers (flowjax, flowMC, NumPyro); results go to docs/benchmarks.md.
 bench: install-bench

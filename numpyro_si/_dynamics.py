@@ -121,7 +121,9 @@ def as_field(field, name: str):
         return field
     if callable(field):
         return FunctionField(field)
-    raise TypeError(f"{name} must be a callable {name}(t, x) (an Equinox module or a function), got {field!r}.")
+    raise TypeError(
+        f"{name} must be a callable {name}(t, x) (an Equinox module or a function), got {field!r}."
+    )
 
 
 class Fields(eqx.Module):

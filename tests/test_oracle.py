@@ -14,7 +14,6 @@ import numpyro_si as nsi
 from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
 
 
-
 def _mixture(seed, dim, n_components, spread=3.0, scale=0.5):
     """A fixed random mixture built with NumPy (no JAX compilation): means ~ N(0, spread^2 I),
     covariances scale^2 (I + W W^T / d) / 2, weights Dirichlet(2)."""
