@@ -248,10 +248,8 @@ class AbstractInterpolant(eqx.Module):
         return self.gamma.is_zero
 
 
-class LinearInterpolant(AbstractInterpolant):
-    """alpha = 1 - t, beta = t, with any gamma (default `ZeroGamma`)."""
-
-    gamma: AbstractGamma = ZeroGamma()
+class _LinearCoefficients(eqx.Module):
+    """alpha = 1 - t, beta = t (shared by the linear, one-sided linear and mirror interpolants)."""
 
     def alpha(self, t):
         return 1.0 - jnp.asarray(t, dtype=float)
@@ -266,10 +264,8 @@ class LinearInterpolant(AbstractInterpolant):
         return jnp.ones_like(jnp.asarray(t, dtype=float))
 
 
-class TrigonometricInterpolant(AbstractInterpolant):
-    """alpha = cos(pi t / 2), beta = sin(pi t / 2), with any gamma (default `ZeroGamma`)."""
-
-    gamma: AbstractGamma = ZeroGamma()
+class _TrigonometricCoefficients(eqx.Module):
+    """alpha = cos(pi t / 2), beta = sin(pi t / 2) (shared by the two- and one-sided forms)."""
 
     def alpha(self, t):
         return jnp.cos(_PI * jnp.asarray(t, dtype=float) / 2)
@@ -282,6 +278,18 @@ class TrigonometricInterpolant(AbstractInterpolant):
 
     def dbeta(self, t):
         return _PI / 2 * jnp.cos(_PI * jnp.asarray(t, dtype=float) / 2)
+
+
+class LinearInterpolant(_LinearCoefficients, AbstractInterpolant):
+    """alpha = 1 - t, beta = t, with any gamma (default `ZeroGamma`)."""
+
+    gamma: AbstractGamma = ZeroGamma()
+
+
+class TrigonometricInterpolant(_TrigonometricCoefficients, AbstractInterpolant):
+    """alpha = cos(pi t / 2), beta = sin(pi t / 2), with any gamma (default `ZeroGamma`)."""
+
+    gamma: AbstractGamma = ZeroGamma()
 
 
 class VPTrigonometricInterpolant(AbstractInterpolant):
@@ -445,36 +453,12 @@ class AbstractOneSidedInterpolant(AbstractInterpolant):
         return jnp.where(eps == 0, 0.0, eps * (b * velocity - db * x) / safe)
 
 
-class OneSidedLinearInterpolant(AbstractOneSidedInterpolant):
+class OneSidedLinearInterpolant(_LinearCoefficients, AbstractOneSidedInterpolant):
     """x_t = (1 - t) z + t x1: flow matching / rectified flow. Score: s = (t b - x) / (1 - t)."""
 
-    def alpha(self, t):
-        return 1.0 - jnp.asarray(t, dtype=float)
 
-    def beta(self, t):
-        return jnp.asarray(t, dtype=float)
-
-    def dalpha(self, t):
-        return -jnp.ones_like(jnp.asarray(t, dtype=float))
-
-    def dbeta(self, t):
-        return jnp.ones_like(jnp.asarray(t, dtype=float))
-
-
-class OneSidedTrigonometricInterpolant(AbstractOneSidedInterpolant):
+class OneSidedTrigonometricInterpolant(_TrigonometricCoefficients, AbstractOneSidedInterpolant):
     """x_t = cos(pi t / 2) z + sin(pi t / 2) x1 (variance preserving: alpha^2 + beta^2 = 1)."""
-
-    def alpha(self, t):
-        return jnp.cos(_PI * jnp.asarray(t, dtype=float) / 2)
-
-    def beta(self, t):
-        return jnp.sin(_PI * jnp.asarray(t, dtype=float) / 2)
-
-    def dalpha(self, t):
-        return -_PI / 2 * jnp.sin(_PI * jnp.asarray(t, dtype=float) / 2)
-
-    def dbeta(self, t):
-        return _PI / 2 * jnp.cos(_PI * jnp.asarray(t, dtype=float) / 2)
 
 
 class OneSidedVPInterpolant(AbstractOneSidedInterpolant):
@@ -521,7 +505,7 @@ class OneSidedVPInterpolant(AbstractOneSidedInterpolant):
 # ----------------------------------------------------------------------------------------------
 
 
-class MirrorInterpolant(AbstractInterpolant):
+class MirrorInterpolant(_LinearCoefficients, AbstractInterpolant):
     """x_t = x1 + gamma(t) z with rho0 = rho1 (x0 = x1): a denoising interpolant.
 
     Its velocity is b = gamma' eta_z = -gamma gamma' s; it is learned through the score or the
@@ -530,18 +514,6 @@ class MirrorInterpolant(AbstractInterpolant):
     """
 
     gamma: AbstractGamma = BrownianGamma(1.0)
-
-    def alpha(self, t):
-        return 1.0 - jnp.asarray(t, dtype=float)
-
-    def beta(self, t):
-        return jnp.asarray(t, dtype=float)
-
-    def dalpha(self, t):
-        return -jnp.ones_like(jnp.asarray(t, dtype=float))
-
-    def dbeta(self, t):
-        return jnp.ones_like(jnp.asarray(t, dtype=float))
 
     def interpolate(self, t, x0, x1, z):
         return x1 + self.gamma(t) * z
