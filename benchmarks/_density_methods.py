@@ -1,0 +1,386 @@
+"""Methods compared by `benchmarks/density.py`, each trained to the same time budget.
+
+Every method turns `(key, train, budget_seconds)` into a `Trained` record with a batched
+`log_prob`, a batched `sample` (None where the model cannot sample) and its cost counters.
+
+Clock. The 2 cores are shared with other jobs (load averages of 8-13 were seen), so equal
+wall-clock budgets would hand the methods unequal compute; by default the budget is this
+process's CPU time (`time.process_time`, all threads), which tracks the compute a method
+actually received. `set_clock("wall")` switches to wall-clock. Both are reported.
+
+Budgets. `nsi.fit` and flowjax's `fit_to_data` take a step / epoch budget, not a time budget
+(and `fit`'s cosine learning-rate schedule needs the total in advance), so both are calibrated
+the same way: after a warm-up run, two short pilot runs give the steady steps per second and the
+fixed overhead (compilation, set-up), and the real run gets `rate * (budget - overhead)` steps.
+Both recompile in every call, as for a user, so the overhead counts against the budget of each.
+The pilots are cached per (method, dimension) and are not counted. The NumPyro BNAF has no
+training routine of its own; its loop checks the clock directly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import numpyro_si as nsi
+from numpyro_si._solvers import solve_ode  # the sampler's own solve, for its step counts
+
+BATCH_SIZE = 512  # every method trains on batches of this size (nsi.fit's default)
+_CALIBRATION: dict[tuple, tuple[float, float]] = {}
+_CLOCK = {"name": "cpu"}
+
+
+def set_clock(name: str):
+    """Budgets in "cpu" (process CPU seconds, default) or "wall" seconds."""
+    if name not in ("cpu", "wall"):
+        raise ValueError(f"clock must be 'cpu' or 'wall', got {name!r}")
+    _CLOCK["name"] = name
+    _CALIBRATION.clear()
+
+
+def budget_clock() -> float:
+    return time.process_time() if _CLOCK["name"] == "cpu" else time.perf_counter()
+
+
+@dataclass
+class Trained:
+    """A trained density model and what it cost."""
+
+    method: str
+    n_params: int
+    train_time: float  # wall-clock seconds of the real training run (pilots excluded)
+    train_cpu: float  # process CPU seconds of the same run
+    steps: int  # optimiser steps taken
+    # (n, d) -> ((n,) log densities, (n,) vector-field evaluations per point or None), jitted
+    log_prob: Callable[[jax.Array], tuple[jax.Array, jax.Array | None]]
+    sample: Callable[[jax.Array, int], jax.Array] | None  # (key, n) -> (n, d), jitted
+    # SIFlow only: (key, n) -> (n,) vector-field evaluations of each sample's ODE solve
+    nfe_sample: Callable[[jax.Array, int], jax.Array] | None = None
+    extra: dict = field(default_factory=dict)
+    model: object = None
+
+
+class Whitening:
+    """Per-coordinate standardisation by the training data (numpyro_si does the same inside
+    `fit`; the peers get it here), with the log-Jacobian that maps densities back."""
+
+    def __init__(self, train):
+        self.mean = np.asarray(train.mean(0), dtype=np.float32)
+        self.scale = np.asarray(np.maximum(train.std(0), 1e-8), dtype=np.float32)
+        self.log_det = -float(np.sum(np.log(self.scale.astype(np.float64))))
+
+    def forward(self, x):
+        return (x - self.mean) / self.scale
+
+    def wrap(self, log_prob, sample):
+        def wrapped_log_prob(x):
+            return log_prob(self.forward(x)) + self.log_det, None
+
+        if sample is None:
+            return wrapped_log_prob, None
+        return wrapped_log_prob, lambda key, n: self.mean + self.scale * sample(key, n)
+
+
+def count_params(tree) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(eqx.filter(tree, eqx.is_inexact_array))))
+
+
+def _timed(fn, *args, **kwargs):
+    """(fn(...), wall seconds, CPU seconds), waiting for the results to be computed."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    jax.block_until_ready([leaf for leaf in jax.tree.leaves(out) if isinstance(leaf, jax.Array)])
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _budget_seconds(wall: float, cpu: float) -> float:
+    return cpu if _CLOCK["name"] == "cpu" else wall
+
+
+def calibrate(cache_key, run: Callable[[int], tuple[int, float]], small: int, large: int):
+    """(steps per second, overhead seconds) from pilot runs of `small` and `large` steps, after a
+    warm-up run; `run(steps)` returns (steps taken, seconds). Cached under `cache_key` (method,
+    dimension): at a fixed batch size the per-step cost does not depend on the training-set
+    size, and the overhead is mostly compilation."""
+    if cache_key not in _CALIBRATION:
+        run(small)  # warm-up: one-time compilations (data, keys, ...) that later runs reuse
+        (n_small, t_small), (n_large, t_large) = run(small), run(large)
+        rate = (n_large - n_small) / max(t_large - t_small, 1e-3)
+        overhead = max(t_small - n_small / rate, 0.0)
+        _CALIBRATION[cache_key] = (rate, overhead)
+        print(f"    calibrated {cache_key[0]} ({_CLOCK['name']} clock): {n_small} steps"
+              f" {t_small:.1f}s, {n_large} steps {t_large:.1f}s -> {rate:.0f} steps/s +"
+              f" {overhead:.1f}s", flush=True)
+    return _CALIBRATION[cache_key]
+
+
+def steps_for_budget(rate: float, overhead: float, budget: float) -> int:
+    # Never less than half the budget for training proper, whatever the overhead estimate says.
+    return max(int(rate * max(budget - overhead, 0.5 * budget)), 200)
+
+
+# ----------------------------------------------------------------------------------------------
+# numpyro_si
+# ----------------------------------------------------------------------------------------------
+
+# Vector-field evaluations per step of diffrax's explicit Runge-Kutta solvers. Tsit5 and Dopri5
+# are FSAL (first same as last): 6 new evaluations a step (accepted or rejected) plus one at the
+# start; counted with a jax.debug.callback in the velocity: 6 steps -> 37 calls.
+STAGES = {"Tsit5": 6, "Dopri5": 6, "Heun": 2, "Midpoint": 2, "Ralston": 2, "Euler": 1, "Bosh3": 3}
+
+
+def _stages(solver) -> int:
+    return STAGES[type(solver).__name__]
+
+
+def siflow_evaluators(flow: nsi.SIFlow):
+    """Jitted log_prob, sample and their field-evaluation counts for a flow."""
+
+    # jax.jit, not eqx.filter_jit: equinox's filters rebuild the SIFlow pytree with non-array
+    # leaves, which SIFlow's tree_flatten does not survive (reported as a numpyro_si issue).
+    @jax.jit
+    def log_prob(flow, x):
+        values, info = flow.log_prob_with_info(x)
+        return values, _stages(flow.likelihood_solver.solver) * info.num_steps + 1
+
+    sample_fns = {}
+
+    def sample(key, n):
+        if n not in sample_fns:
+            sample_fns[n] = jax.jit(lambda flow, key: flow.sample(key, (n,)))
+        return sample_fns[n](flow, key)
+
+    @jax.jit
+    def _nfe_sample(flow, x0):
+        sampler = flow.sampler
+        t0, t1 = flow.interpolant.time_min, flow.interpolant.time_max
+        _, info = jax.vmap(
+            lambda y: solve_ode(flow.velocity, y, t0, t1, sampler=sampler, rtol=flow.rtol,
+                                atol=flow.atol)
+        )(x0)
+        return _stages(sampler.solver) * info.num_steps + 1
+
+    def nfe_sample(key, n):
+        return _nfe_sample(flow, flow.base.sample(key, (n,)))
+
+    return (lambda x: log_prob(flow, x)), sample, nfe_sample
+
+
+def train_siflow(key, train, budget, *, label="numpyro_si", options=None, eval_options=None):
+    """`nsi.fit` with `options` (defaults if empty), max_steps set by the budget."""
+    options = dict(options or {})
+    data = jnp.asarray(train)
+
+    def run(max_steps):
+        (_, history), wall, cpu = _timed(nsi.fit, key, data, max_steps=max_steps,
+                                         show_progress=False, **options)
+        return int(history["num_steps"]), _budget_seconds(wall, cpu)
+
+    rate, overhead = calibrate((label, train.shape[1]), run, 200, 1000)
+    max_steps = steps_for_budget(rate, overhead, budget)
+    (flow, history), wall, cpu = _timed(
+        nsi.fit, key, data, max_steps=max_steps, show_progress=False, **options
+    )
+    if eval_options:
+        flow = flow.with_sampler(**eval_options)
+    log_prob, sample, nfe_sample = siflow_evaluators(flow)
+    return Trained(
+        method=label, n_params=count_params(flow.velocity), train_time=wall, train_cpu=cpu,
+        steps=int(history["num_steps"]), log_prob=log_prob, sample=sample,
+        nfe_sample=nfe_sample,
+        extra={"planned_steps": max_steps, "stopped_early": bool(history["stopped_early"]),
+               "calibrated_rate": rate, "overhead": overhead},
+        model=flow,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# flowjax
+# ----------------------------------------------------------------------------------------------
+
+
+def make_flowjax(kind: str, key, dim: int, nn_width: int = 50):
+    """flowjax flow with a rational-quadratic spline transformer (8 knots on [-4, 4]), 8 layers:
+    `coupling_flow` or `masked_autoregressive_flow`; `invert=True` (fast log_prob)."""
+    from flowjax.bijections import RationalQuadraticSpline
+    from flowjax.distributions import Normal
+    from flowjax.flows import coupling_flow, masked_autoregressive_flow
+
+    build = {"coupling": coupling_flow, "maf": masked_autoregressive_flow}[kind]
+    return build(
+        key, base_dist=Normal(jnp.zeros(dim)),
+        transformer=RationalQuadraticSpline(knots=8, interval=4), nn_width=nn_width,
+    )
+
+
+_FLOWJAX_LOSS = None
+_FLOWJAX_OPTIMIZER = None
+
+
+def _flowjax_fit_objects():
+    # One loss and one optimiser object for every call, so flowjax's jitted step compiles once
+    # per model shape (its cache is keyed on these static arguments).
+    global _FLOWJAX_LOSS, _FLOWJAX_OPTIMIZER
+    if _FLOWJAX_LOSS is None:
+        from flowjax.train.losses import MaximumLikelihoodLoss
+
+        _FLOWJAX_LOSS = MaximumLikelihoodLoss()
+        _FLOWJAX_OPTIMIZER = optax.adam(5e-4)  # fit_to_data's default optimiser
+    return _FLOWJAX_LOSS, _FLOWJAX_OPTIMIZER
+
+
+def flowjax_patience(n_train: int) -> int:
+    """fit_to_data's patience counts epochs (default 5); on small data sets an epoch is a few
+    steps, so allow at least ~300 steps without improvement."""
+    steps_per_epoch = max(int(0.9 * n_train) // BATCH_SIZE, 1)
+    return max(5, math.ceil(300 / steps_per_epoch))
+
+
+def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=None):
+    from flowjax.train import fit_to_data
+
+    label = label or f"flowjax {kind}"
+    key_init, key_fit = jax.random.split(key)
+    dim = train.shape[1]
+    whitening = Whitening(train)
+    data = jnp.asarray(whitening.forward(train))
+    loss_fn, optimizer = _flowjax_fit_objects()
+    steps_per_epoch = max((train.shape[0] - round(0.1 * train.shape[0])) // BATCH_SIZE, 1)
+    patience = flowjax_patience(train.shape[0])
+
+    def fit(epochs):
+        return fit_to_data(
+            key_fit, make_flowjax(kind, key_init, dim, nn_width), data, loss_fn=loss_fn,
+            optimizer=optimizer, max_epochs=epochs, batch_size=BATCH_SIZE,
+            max_patience=patience, show_progress=False,
+        )
+
+    def run(steps):
+        (_, losses), wall, cpu = _timed(fit, max(math.ceil(steps / steps_per_epoch), 1))
+        return len(losses["train"]) * steps_per_epoch, _budget_seconds(wall, cpu)
+
+    rate, overhead = calibrate((label, nn_width, train.shape[1]), run, 100, 400)
+    epochs = max(math.ceil(steps_for_budget(rate, overhead, budget) / steps_per_epoch), 1)
+    (flow, losses), wall, cpu = _timed(fit, epochs)
+
+    @eqx.filter_jit
+    def log_prob(flow, x):
+        return flow.log_prob(x)
+
+    sample_fns = {}
+
+    def sample(key, n):
+        if n not in sample_fns:
+            sample_fns[n] = eqx.filter_jit(lambda flow, key: flow.sample(key, (n,)))
+        return sample_fns[n](flow, key)
+
+    wrapped_log_prob, wrapped_sample = whitening.wrap(lambda x: log_prob(flow, x), sample)
+    return Trained(
+        method=label, n_params=count_params(flow), train_time=wall, train_cpu=cpu,
+        steps=len(losses["train"]) * steps_per_epoch, log_prob=wrapped_log_prob,
+        sample=wrapped_sample,
+        extra={"planned_steps": epochs * steps_per_epoch, "epochs": len(losses["train"]),
+               "stopped_early": len(losses["train"]) < epochs, "calibrated_rate": rate,
+               "overhead": overhead, "max_patience": patience},
+        model=flow,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# NumPyro block neural autoregressive flow (the transform behind AutoBNAFNormal)
+# ----------------------------------------------------------------------------------------------
+
+
+def train_bnaf(key, train, budget, *, num_flows=2, hidden_factors=(16, 16), learning_rate=1e-3,
+               label="numpyro BNAF"):
+    """NumPyro's `BlockNeuralAutoregressiveTransform`s, stacked as in `AutoBNAFNormal` (gated
+    residual on all but the last, order reversed between flows), fitted by maximum likelihood.
+
+    AutoBNAFNormal pushes base draws z to the latent space, x = T(z); T has no analytic inverse,
+    so the density of *given* points cannot be evaluated in that direction. For density
+    estimation the same transforms are used the other way (as in the BNAF paper): z = T(x),
+    log p(x) = log N(T(x); 0, I) + log|det dT/dx|. Training is then cheap maximum likelihood,
+    but sampling would need a numerical inverse, which NumPyro does not provide: no samples.
+    """
+    from numpyro.nn.block_neural_arn import BlockNeuralAutoregressiveNN
+
+    dim = train.shape[1]
+    applies, params = [], []
+    keys = jax.random.split(key, num_flows + 2)
+    for i in range(num_flows):
+        residual = "gated" if i < num_flows - 1 else None
+        init_fn, apply_fn = BlockNeuralAutoregressiveNN(dim, list(hidden_factors), residual)
+        _, p = init_fn(keys[i], (dim,))
+        applies.append(apply_fn)
+        params.append(p)
+
+    def log_prob_one(params, x):
+        total = 0.0
+        for i, (apply_fn, p) in enumerate(zip(applies, params, strict=True)):
+            if i > 0:
+                x = x[::-1]
+            x, logdet = apply_fn(p, x)
+            total = total + jnp.sum(logdet)
+        return total + jnp.sum(jax.scipy.stats.norm.logpdf(x))
+
+    batched = jax.vmap(log_prob_one, in_axes=(None, 0))
+    whitening = Whitening(train)
+    data = jnp.asarray(whitening.forward(train))
+    perm = jax.random.permutation(keys[-1], data.shape[0])
+    n_val = round(0.1 * data.shape[0])
+    val, fit_data = data[perm[:n_val]], data[perm[n_val:]]
+    batch = min(BATCH_SIZE, fit_data.shape[0])
+    steps_per_epoch = max(fit_data.shape[0] // batch, 1)
+    epochs_per_round = max(1, math.ceil(100 / steps_per_epoch))
+    optimizer = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(learning_rate))
+
+    def loss(params, x):
+        return -jnp.mean(batched(params, x))
+
+    @jax.jit
+    def run_round(params, opt_state, key):
+        def step(carry, x):
+            params, opt_state = carry
+            value, grads = jax.value_and_grad(loss)(params, x)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), value
+
+        def epoch(carry, k):
+            order = jax.random.permutation(k, fit_data.shape[0])[: steps_per_epoch * batch]
+            batches = fit_data[order].reshape(steps_per_epoch, batch, dim)
+            return jax.lax.scan(step, carry, batches)
+
+        (params, opt_state), losses = jax.lax.scan(
+            epoch, (params, opt_state), jax.random.split(key, epochs_per_round)
+        )
+        return params, opt_state, loss(params, val)
+
+    wall, cpu, start = time.perf_counter(), time.process_time(), budget_clock()
+    opt_state = optimizer.init(params)
+    best, best_val, steps, round_key = params, np.inf, 0, keys[-2]
+    while budget_clock() - start < budget:
+        round_key, k = jax.random.split(round_key)
+        params, opt_state, val_loss = run_round(params, opt_state, k)
+        steps += epochs_per_round * steps_per_epoch
+        val_loss = float(val_loss)
+        if not math.isfinite(val_loss):
+            break
+        if val_loss < best_val:
+            best, best_val = params, val_loss
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    final = best
+    jit_log_prob = jax.jit(batched)
+    wrapped_log_prob, _ = whitening.wrap(lambda x: jit_log_prob(final, x), None)
+    return Trained(
+        method=label, n_params=int(sum(x.size for x in jax.tree.leaves(final))),
+        train_time=wall, train_cpu=cpu, steps=steps, log_prob=wrapped_log_prob, sample=None,
+        extra={"num_flows": num_flows, "hidden_factors": list(hidden_factors)},
+    )

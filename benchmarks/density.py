@@ -1,0 +1,582 @@
+"""Density estimation, side by side: numpyro_si's `fit` against flowjax and a NumPyro BNAF.
+
+Run (one process, so every method sees the same machine state):
+
+    .venv/bin/python benchmarks/density.py                      # full run, ~60-75 min on 2 cores
+    .venv/bin/python benchmarks/density.py --quick              # smoke run, a few minutes
+    .venv/bin/python benchmarks/density.py --datasets checkerboard,digits --budget 30
+
+Every method gets the same wall-clock training budget per data set (default 45 s on 2-d sets,
+90 s on the 10-d posteriors and the real data; `--budget` overrides). For each data set and
+method it reports held-out NLL (nats, ± standard error), training time and steps, log_prob and
+sampling throughput (points/s, compiled, after a warm-up call) and, for numpyro_si, the mean
+number of vector-field evaluations per log_prob and per sample. Two further tables: the
+likelihood solver's cost/accuracy trade-off (numpyro_si against a flowjax coupling-flow
+log_prob), and training steps per second at equal batch size and parameter count.
+
+Results go to `docs/figures/density/results.json`, figures of samples next to data to
+`docs/figures/density/*.png`, and the tables to `docs/benchmarks.md` between the markers
+`<!-- density:start -->` and `<!-- density:end -->` (a run on a subset of data sets updates only
+those rows of the stored results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import diffrax  # noqa: E402
+from _density_data import ALL_DATASETS, Dataset, load_dataset, standard_error  # noqa: E402
+from _density_methods import (  # noqa: E402
+    BATCH_SIZE,
+    Trained,
+    _budget_seconds,
+    _timed,
+    calibrate,
+    count_params,
+    make_flowjax,
+    set_clock,
+    train_bnaf,
+    train_flowjax,
+    train_siflow,
+)
+
+import numpyro_si as nsi  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "benchmarks.md"
+FIGURES = ROOT / "docs" / "figures" / "density"
+RESULTS = FIGURES / "results.json"
+START, END = "<!-- density:start -->", "<!-- density:end -->"
+
+BUDGETS = {"2d": 45.0, "posterior": 90.0, "real": 90.0}
+QUICK_BUDGETS = {"2d": 8.0, "posterior": 10.0, "real": 10.0}
+
+# The best numpyro_si configuration found (see docs/benchmarks.md, "configurations").
+TUNED_OPTIONS: dict = dict(width=256, depth=4)
+TUNED_LABEL = "numpyro_si tuned"
+
+METHODS = {
+    "numpyro_si": lambda key, train, budget: train_siflow(key, train, budget),
+    TUNED_LABEL: lambda key, train, budget: train_siflow(
+        key, train, budget, label=TUNED_LABEL, options=TUNED_OPTIONS
+    ),
+    "flowjax coupling": lambda key, train, budget: train_flowjax(key, train, budget, kind="coupling"),
+    "flowjax MAF": lambda key, train, budget: train_flowjax(key, train, budget, kind="maf"),
+    "numpyro BNAF": lambda key, train, budget: train_bnaf(key, train, budget),
+}
+
+# Likelihood-solver variants measured on the default numpyro_si flow of every data set.
+SOLVER_VARIANTS = {
+    "Tsit5 adaptive, tol 1e-5 (default)": {},
+    "Tsit5 adaptive, tol 1e-3": dict(rtol=1e-3, atol=1e-3),
+    "Tsit5, 8 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=8)),
+    "Tsit5, 4 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=4)),
+    "Heun, 16 fixed steps": dict(likelihood_solver=nsi.ODESampler(diffrax.Heun(), n_steps=16)),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------------------------
+
+
+def chunked_log_prob(log_prob, x: np.ndarray, chunk: int = 1000):
+    """log_prob over x in equal chunks (one compilation); returns (values, nfe or None,
+    seconds of the timed pass, points evaluated in it). The first chunk is a warm-up."""
+    n = x.shape[0]
+    chunk = min(chunk, n)
+    n_chunks = math.ceil(n / chunk)
+    padded = np.concatenate([x, np.repeat(x[:1], n_chunks * chunk - n, axis=0)])
+    pieces = [jnp.asarray(padded[i * chunk : (i + 1) * chunk]) for i in range(n_chunks)]
+    jax.block_until_ready(log_prob(pieces[0]))
+    tic = time.perf_counter()
+    outputs = [log_prob(p) for p in pieces]
+    jax.block_until_ready(outputs)
+    elapsed = time.perf_counter() - tic
+    values = np.concatenate([np.asarray(v) for v, _ in outputs])[:n]
+    nfe = None
+    if outputs[0][1] is not None:
+        nfe = np.concatenate([np.asarray(e) for _, e in outputs])[:n]
+    return values, nfe, elapsed, n_chunks * chunk
+
+
+def evaluate(trained: Trained, data: Dataset, key, n_samples: int = 2000) -> tuple[dict, np.ndarray]:
+    values, nfe, elapsed, n_eval = chunked_log_prob(trained.log_prob, data.test)
+    finite = np.isfinite(values)
+    row = {
+        "method": trained.method,
+        "params": trained.n_params,
+        "train_time": trained.train_time,
+        "train_cpu": trained.train_cpu,
+        "steps": trained.steps,
+        "steps_per_s": trained.steps / trained.train_time,
+        "nll": float(-np.mean(values)) if finite.all() else float("inf"),
+        "nll_se": standard_error(values) if finite.all() else float("nan"),
+        "n_failed": int((~finite).sum()),
+        "log_prob_per_s": n_eval / elapsed,
+        "nfe_log_prob": float(np.mean(nfe)) if nfe is not None else None,
+        **{k: v for k, v in trained.extra.items() if isinstance(v, (int, float, bool, list))},
+    }
+    samples = None
+    if trained.sample is not None:
+        n = min(n_samples, max(data.test.shape[0], 500))
+        jax.block_until_ready(trained.sample(jax.random.fold_in(key, 1), n))
+        samples, seconds, _ = _timed(trained.sample, key, n)
+        row["sample_per_s"] = n / seconds
+        samples = np.asarray(samples)
+        if trained.nfe_sample is not None:
+            row["nfe_sample"] = float(np.mean(np.asarray(trained.nfe_sample(key, 1000))))
+    return row, samples
+
+
+def solver_study(flow: nsi.SIFlow, data: Dataset, reference_rate: float | None) -> list[dict]:
+    """Cost and accuracy of the likelihood solve for one trained flow, on <= 1000 test points."""
+    from _density_methods import siflow_evaluators
+
+    x = data.test[:1000]
+    rows = []
+    baseline = None
+    for name, options in SOLVER_VARIANTS.items():
+        variant = flow.with_sampler(**options) if options else flow
+        log_prob, _, _ = siflow_evaluators(variant)
+        values, nfe, elapsed, n_eval = chunked_log_prob(log_prob, x)
+        if baseline is None:
+            baseline = values
+        rate = n_eval / elapsed
+        rows.append({
+            "variant": name,
+            "nll": float(-np.mean(values)),
+            "nll_se": standard_error(values),
+            "max_abs_change": float(np.max(np.abs(values - baseline))),
+            "nfe_log_prob": float(np.mean(nfe)),
+            "nfe_max": float(np.max(nfe)),
+            "log_prob_per_s": rate,
+            "cost_vs_flowjax": (reference_rate / rate) if reference_rate else None,
+        })
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# training throughput at equal batch size and parameter count
+# ----------------------------------------------------------------------------------------------
+
+
+def matched_width(dim: int, target: int) -> int:
+    """flowjax coupling-flow conditioner width whose parameter count is closest to `target`."""
+    counts = {w: count_params(make_flowjax("coupling", jax.random.key(0), dim, w))
+              for w in range(4, 400, 2)}
+    return min(counts, key=lambda w: abs(counts[w] - target))
+
+
+def throughput_study(datasets: dict[str, Dataset]) -> list[dict]:
+    """Steady training steps/s of `nsi.fit` and flowjax `fit_to_data` (coupling flow, width
+    matched to fit's default network) at batch 512, each from two runs of different length
+    after a warm-up (the difference cancels compilation and set-up)."""
+    rows = []
+    for name, data in datasets.items():
+        row = _throughput_one(data.train)
+        row["dataset"] = name
+        rows.append(row)
+        print(f"  throughput {name}: numpyro_si {row['si_steps_per_s']:.0f} steps/s"
+              f" ({row['si_params']} params), flowjax {row['flowjax_steps_per_s']:.0f} steps/s"
+              f" ({row['flowjax_params']} params, width {row['flowjax_width']}),"
+              f" ratio {row['ratio']:.2f}", flush=True)
+    return rows
+
+
+def _throughput_one(train: np.ndarray) -> dict:
+    from _density_methods import Whitening, _flowjax_fit_objects
+    from flowjax.train import fit_to_data
+
+    dim = train.shape[1]
+    key = jax.random.key(7)
+    data = jnp.asarray(train)
+    si_params = count_params(nsi.FieldMLP(dim, key=key))  # fit's default network
+    width = matched_width(dim, si_params)
+    fj_params = count_params(make_flowjax("coupling", key, dim, width))
+    whitened = jnp.asarray(Whitening(train).forward(train))
+    loss_fn, optimizer = _flowjax_fit_objects()
+    steps_per_epoch = max((train.shape[0] - round(0.1 * train.shape[0])) // BATCH_SIZE, 1)
+
+    def run_si(steps):
+        (_, history), wall, cpu = _timed(nsi.fit, key, data, max_steps=steps, val_prop=0.1,
+                                         show_progress=False)
+        return int(history["num_steps"]), _budget_seconds(wall, cpu)
+
+    def run_fj(steps):
+        epochs = max(math.ceil(steps / steps_per_epoch), 1)
+        (_, losses), wall, cpu = _timed(
+            fit_to_data, key, make_flowjax("coupling", key, dim, width), whitened,
+            loss_fn=loss_fn, optimizer=optimizer, max_epochs=epochs, batch_size=BATCH_SIZE,
+            max_patience=10**9, show_progress=False,
+        )
+        return len(losses["train"]) * steps_per_epoch, _budget_seconds(wall, cpu)
+
+    si_rate, si_overhead = calibrate(("throughput si", dim), run_si, 300, 1500)
+    fj_rate, fj_overhead = calibrate(("throughput fj", width, dim), run_fj, 100, 500)
+    return {
+        "dim": dim, "batch": BATCH_SIZE, "si_params": si_params, "flowjax_width": width,
+        "flowjax_params": fj_params, "si_steps_per_s": si_rate, "flowjax_steps_per_s": fj_rate,
+        "ratio": si_rate / fj_rate, "si_overhead": si_overhead, "flowjax_overhead": fj_overhead,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# figures
+# ----------------------------------------------------------------------------------------------
+
+
+def save_figure(data: Dataset, samples: dict[str, np.ndarray], path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = {"held-out data": data.test, **samples}
+    n = len(panels)
+    if data.name == "digits":
+        fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.1))
+        for ax, (title, x) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+            grid = np.clip(x[:16], 0, 1).reshape(4, 4, 8, 8).transpose(0, 2, 1, 3).reshape(32, 32)
+            ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1)
+            ax.set_title(title, fontsize=7)
+            ax.axis("off")
+    else:
+        fig, axes = plt.subplots(1, n, figsize=(1.9 * n, 2.1), sharex=True, sharey=True)
+        lo = np.percentile(data.test[:, :2], 0.5, axis=0)
+        hi = np.percentile(data.test[:, :2], 99.5, axis=0)
+        pad = 0.1 * (hi - lo)
+        bounds = [[lo[0] - pad[0], hi[0] + pad[0]], [lo[1] - pad[1], hi[1] + pad[1]]]
+        for ax, (title, x) in zip(np.atleast_1d(axes), panels.items(), strict=True):
+            ax.hist2d(x[:, 0], x[:, 1], bins=60, range=bounds, cmap="Blues")
+            ax.set_title(title, fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if data.dim > 2:
+            fig.suptitle(f"{data.name}: coordinates 1 and 2 of {data.dim}", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=60)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# docs
+# ----------------------------------------------------------------------------------------------
+
+
+def code_version() -> str:
+    """The numpyro_si commit benchmarked, and whether its working tree had other changes."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "numpyro_si"], cwd=ROOT,
+                               text=True, capture_output=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+    return f"commit {head}" + (" with uncommitted changes in numpyro_si/" if dirty else "")
+
+
+def machine_description() -> str:
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown CPU"
+    import flowjax
+    import numpyro
+
+    return (
+        f"{cpu}, {os.cpu_count()} cores (shared with other jobs while it ran), "
+        f"{platform.system()} {platform.machine()}, Python {sys.version.split()[0]}, "
+        f"jax {jax.__version__} ({jax.default_backend()}), numpyro {numpyro.__version__}, "
+        f"flowjax {getattr(flowjax, '__version__', '?')}, numpyro_si {nsi.__version__}, float32"
+    )
+
+
+def _fmt(value, digits=0):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if digits == 0 and abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+def render(results: dict) -> str:
+    meta = results["meta"]
+    lines = [
+        START,
+        "## density estimation against flowjax and NumPyro BNAF",
+        "",
+        f"Commands: {', '.join(f'`{c}`' for c in meta['commands'])}."
+        + (" **Quick smoke run (small data, budgets of ~10 s): it checks the pipeline; its"
+           " numbers are not evidence.**" if meta.get("quick") else ""),
+        f"Machine: {meta['machine']}; numpyro_si {meta.get('code', '')}. The cores were shared"
+        " with other engineers' jobs, so budgets and rates are in this process's CPU seconds"
+        " (`--clock cpu`, the default), which count the compute a method actually received;"
+        " wall-clock seconds are shown too. Compare ratios measured in the same run.",
+        "",
+        "Every method trains on the same split with batch size 512 and the same training budget"
+        f" ({meta.get('clock', 'cpu')} seconds: {meta['budgets']}); `nsi.fit` and flowjax"
+        " `fit_to_data` take a step budget, so each is calibrated by a warm-up and two short"
+        " pilot runs (steady steps/s and fixed overhead; pilots not counted), and both recompile"
+        " in every call, so compilation counts against each method's budget. flowjax flows:"
+        " rational-quadratic spline transformer (8 knots on [-4, 4]), 8 layers, conditioner"
+        " width 50, depth 1, Adam 5e-4"
+        " (its defaults), data standardised first (as `fit` does internally); patience raised"
+        " to at least ~300 steps. numpyro BNAF: NumPyro's `BlockNeuralAutoregressiveTransform`"
+        " as stacked by `AutoBNAFNormal` (2 flows, hidden factors 16, 16, gated residual on the"
+        " first), used in the density direction z = T(x) and fitted by maximum likelihood with"
+        " Adam 1e-3; it cannot sample (no analytic inverse; NumPyro raises"
+        " NotImplementedError), hence the dashes. NLL: mean negative log-likelihood of the"
+        " held-out points in nats ± standard error (std/sqrt(n)). Throughputs are compiled"
+        " calls after a warm-up; numpyro_si's log_prob is the ODE likelihood with the exact"
+        " divergence (Tsit5, rtol = atol = 1e-5) and a vmapped adaptive solve runs as many steps"
+        " as its slowest point. NFE: vector-field evaluations per point (Tsit5 is FSAL: 6 per"
+        " step + 1; each log_prob evaluation also carries d JVPs for the divergence).",
+        "",
+        "| data set | d | train / test | method | params | train s, CPU / wall (steps) |"
+        " held-out NLL |"
+        " log_prob pts/s | sample pts/s | NFE log_prob | NFE sample |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in [n for n in ALL_DATASETS if n in results["datasets"]]:
+        entry = results["datasets"][name]
+        best = min(r["nll"] for r in entry["rows"])
+        for i, row in enumerate(entry["rows"]):
+            nll = f"{row['nll']:.3f} ± {row['nll_se']:.3f}" if math.isfinite(row["nll"]) else "inf"
+            if row["nll"] == best:
+                nll = f"**{nll}**"
+            head = (
+                f"| {name} | {entry['dim']} | {entry['n_train']} / {entry['n_test']} |"
+                if i == 0 else "| | | |"
+            )
+            lines.append(
+                head + f" {row['method']} | {_fmt(row['params'])} |"
+                f" {row['train_cpu']:.0f} / {row['train_time']:.0f} ({row['steps']}) | {nll} |"
+                f" {_fmt(row['log_prob_per_s'])} | {_fmt(row.get('sample_per_s'))} |"
+                f" {_fmt(row.get('nfe_log_prob'), 1)} | {_fmt(row.get('nfe_sample'), 1)} |"
+            )
+    lines += ["", "Reference values:"]
+    for name in [n for n in ALL_DATASETS if n in results["datasets"]]:
+        entry = results["datasets"][name]
+        text = f"- {name}: {entry['description']}"
+        if entry.get("entropy") is not None:
+            text += f"; exact entropy {entry['entropy']:.3f} nats (the NLL gap is the KL)"
+        for note in entry.get("notes", []):
+            text += f"; {note}"
+        lines.append(text + f". Figure: [`{name}.png`](figures/density/{name}.png).")
+
+    # goals
+    lines += ["", "### goals", "", "| data set | best flowjax NLL | numpyro_si NLL (defaults) |"
+              " numpyro_si tuned NLL | defaults ≤ best flowjax? |", "| --- | --- | --- | --- | --- |"]
+    for name in [n for n in ALL_DATASETS if n in results["datasets"]]:
+        rows = {r["method"]: r for r in results["datasets"][name]["rows"]}
+        flowjax_rows = [r for m, r in rows.items() if m.startswith("flowjax")]
+        if not flowjax_rows or "numpyro_si" not in rows:
+            continue
+        best = min(flowjax_rows, key=lambda r: r["nll"])
+        si = rows["numpyro_si"]
+        tuned = rows.get(TUNED_LABEL)
+        diff = si["nll"] - best["nll"]
+        se = math.hypot(si["nll_se"], best["nll_se"])
+        verdict = "yes" if diff <= 0 else ("within 2 s.e." if diff <= 2 * se else "**no**")
+        tuned_nll = f"{tuned['nll']:.3f}" if tuned else "—"
+        lines.append(
+            f"| {name} | {best['nll']:.3f} ({best['method'].removeprefix('flowjax ')}) |"
+            f" {si['nll']:.3f} | {tuned_nll} | {verdict} ({diff:+.3f} ± {se:.3f}) |"
+        )
+
+    if results.get("solver"):
+        lines += [
+            "", "### likelihood solver: cost against accuracy", "",
+            "The default numpyro_si flow of each data set, its log_prob on up to 1000 held-out"
+            " points with other solver settings (`flow.with_sampler(...)`, nothing retrained)."
+            " Change: the largest |log_prob - default log_prob| over those points. Cost vs"
+            " flowjax: flowjax coupling-flow log_prob points/s divided by this variant's.",
+            "",
+            "| data set | d | solver | NLL | max change | NFE mean (max) | log_prob pts/s |"
+            " cost vs flowjax coupling |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name in [n for n in ALL_DATASETS if n in results["solver"]]:
+            for i, row in enumerate(results["solver"][name]["rows"]):
+                lines.append(
+                    f"| {name if i == 0 else ''} | {results['solver'][name]['dim'] if i == 0 else ''}"
+                    f" | {row['variant']} | {row['nll']:.3f} ± {row['nll_se']:.3f} |"
+                    f" {row['max_abs_change']:.1e} | {row['nfe_log_prob']:.1f}"
+                    f" ({row['nfe_max']:.0f}) | {_fmt(row['log_prob_per_s'])} |"
+                    f" {_fmt(row['cost_vs_flowjax'], 1)}x |"
+                )
+    if results.get("throughput"):
+        lines += [
+            "", "### training steps per second at equal batch size and parameter count", "",
+            "`nsi.fit` (defaults: FieldMLP width 128, depth 3) against flowjax `fit_to_data` with"
+            " a coupling flow whose conditioner width is chosen to match the parameter count;"
+            " batch 512, 10% validation in both. Steady rates from two runs of different length.",
+            "",
+            "| data set | d | numpyro_si params | flowjax params (width) | numpyro_si steps/s |"
+            " flowjax steps/s | ratio |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for row in results["throughput"]:
+            lines.append(
+                f"| {row['dataset']} | {row['dim']} | {_fmt(row['si_params'])} |"
+                f" {_fmt(row['flowjax_params'])} ({row['flowjax_width']}) |"
+                f" {row['si_steps_per_s']:.0f} | {row['flowjax_steps_per_s']:.0f} |"
+                f" {row['ratio']:.1f}x |"
+            )
+    if results.get("analysis"):
+        lines += ["", results["analysis"].strip()]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_docs(results: dict, path: Path = DOCS):
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = render(results)
+    if START in text and END in text:
+        start, end = text.index(START), text.index(END) + len(END)
+        text = text[:start] + section + text[end:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small data and budgets of ~10 s: a smoke run of the whole pipeline")
+    parser.add_argument("--datasets", default=",".join(ALL_DATASETS),
+                        help=f"comma-separated subset of: {','.join(ALL_DATASETS)}")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated subset of: {','.join(METHODS)}")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="training seconds per method and data set (default: by group)")
+    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
+                        help="what the budget measures: process CPU seconds (default; robust on"
+                        " shared cores) or wall-clock seconds")
+    parser.add_argument("--no-studies", action="store_true",
+                        help="skip the solver and training-throughput tables")
+    parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
+    parser.add_argument("--seed", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    for name in names:
+        if name not in ALL_DATASETS:
+            raise SystemExit(f"unknown data set {name!r}; choose from {', '.join(ALL_DATASETS)}")
+    for method in methods:
+        if method not in METHODS:
+            raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    set_clock(args.clock)
+    budgets = dict(QUICK_BUDGETS if args.quick else BUDGETS)
+    if args.budget is not None:
+        budgets = dict.fromkeys(budgets, args.budget)
+    command = "python benchmarks/density.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
+
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.quick else {}
+    results.setdefault("datasets", {})
+    results.setdefault("solver", {})
+    results["meta"] = {
+        "machine": machine_description(),
+        "commands": sorted(set(results.get("meta", {}).get("commands", [])) | {command})
+        if not args.quick else [command],
+        "budgets": ", ".join(f"{k} {v:.0f}" for k, v in budgets.items()),
+        "clock": args.clock,
+        "quick": args.quick,
+        "code": code_version(),
+    }
+    print(results["meta"]["machine"], flush=True)
+    loaded = {}
+    for name in names:
+        data = load_dataset(name, quick=args.quick, seed=args.seed)
+        loaded[name] = data
+        budget = budgets[data.group]
+        print(f"\n== {name}: d={data.dim}, train {data.train.shape[0]}, test {data.test.shape[0]},"
+              f" budget {budget:.0f} s", flush=True)
+        rows, samples, reference_rate, default_flow = [], {}, None, None
+        for method in methods:
+            key = jax.random.key(args.seed + 1)
+            trained = METHODS[method](key, data.train, budget)
+            row, drawn = evaluate(trained, data, jax.random.key(args.seed + 2))
+            rows.append(row)
+            if drawn is not None:
+                samples[method] = drawn
+            if method == "flowjax coupling":
+                reference_rate = row["log_prob_per_s"]
+            if method == "numpyro_si":
+                default_flow = trained.model
+            print(
+                f"  {method:18s} params {row['params']:>7d}  train {row['train_time']:5.1f}s"
+                f" (cpu {row['train_cpu']:5.1f}s)"
+                f" ({row['steps']} steps)  NLL {row['nll']:.3f} ± {row['nll_se']:.3f}"
+                f"  log_prob {row['log_prob_per_s']:9.0f}/s"
+                f"  sample {row.get('sample_per_s', float('nan')):9.0f}/s"
+                f"  NFE {row.get('nfe_log_prob') or float('nan'):.1f}"
+                f" / {row.get('nfe_sample', float('nan')):.1f}",
+                flush=True,
+            )
+        results["datasets"][name] = {
+            "dim": data.dim, "n_train": int(data.train.shape[0]),
+            "n_test": int(data.test.shape[0]), "description": data.description,
+            "entropy": data.entropy, "notes": data.notes, "budget": budget, "rows": rows,
+            "command": command,
+        }
+        save_figure(data, samples, FIGURES / f"{name}.png")
+        if not args.no_studies and default_flow is not None:
+            study = solver_study(default_flow, data, reference_rate)
+            results["solver"][name] = {"dim": data.dim, "rows": study}
+            for row in study:
+                print(f"    solver {row['variant']:36s} NLL {row['nll']:.3f}  max change"
+                      f" {row['max_abs_change']:.1e}  NFE {row['nfe_log_prob']:.1f}"
+                      f"  {row['log_prob_per_s']:.0f}/s", flush=True)
+        if not args.quick:
+            RESULTS.parent.mkdir(parents=True, exist_ok=True)
+            RESULTS.write_text(json.dumps(results, indent=1))
+
+    if not args.no_studies:
+        print("\n== training throughput", flush=True)
+        by_dim = {}
+        for name, data in loaded.items():
+            by_dim.setdefault(data.dim, (name, data))
+        results["throughput"] = throughput_study(dict(by_dim.values()))
+    if not args.quick:
+        RESULTS.write_text(json.dumps(results, indent=1))
+    print("\n" + render(results))
+    if not args.no_docs:
+        write_docs(results)
+        print(f"\nwrote {DOCS.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
