@@ -1,4 +1,5 @@
-"""Equinox networks for time-dependent vector fields f(t, x): R x R^d -> R^d."""
+"""Equinox networks for time-dependent vector fields f(t, x): R x R^d -> R^d, optionally
+conditioned on a context vector, f(t, x, c) (conditional flows, amortised inference)."""
 
 from __future__ import annotations
 
@@ -21,20 +22,23 @@ ACTIVATIONS = {
 class FieldMLP(eqx.Module):
     """An MLP for a field f(t, x) on one unbatched point, with a Fourier time embedding.
 
-    The input is [x, t, sin(2 pi k t), cos(2 pi k t) for k = 1..n_frequencies]. With
-    `residual=True` the hidden layers are residual blocks h <- h + W2 act(W1 [h, emb(t)]), which
-    re-inject the time embedding in every block.
+    The input is [x, t, sin(2 pi k t), cos(2 pi k t) for k = 1..n_frequencies, c], where the
+    context c is present only when `context_dim > 0`. With `residual=True` the hidden layers are
+    residual blocks h <- h + W2 act(W1 [h, emb(t), c]), which re-inject the time embedding (and
+    the context) in every block.
 
     **Arguments:**
 
     - `dim`: d, the dimension of x and of the output.
+    - `context_dim`: k, the dimension of the context vector (0, the default: no context).
     - `width`: hidden width. `depth`: number of hidden layers (or residual blocks).
     - `n_frequencies`: Fourier frequencies of the time embedding.
     - `residual`: residual blocks instead of a plain MLP.
     - `activation`: one of `ACTIVATIONS` ("silu", "gelu", "tanh", "softplus", "relu").
     - `key`: a `jax.random` key (keyword-only).
 
-    **Returns:** `__call__(t, x)` gives an array of shape `(d,)`.
+    **Returns:** `__call__(t, x)` (or `__call__(t, x, context)` with a context of shape `(k,)`)
+    gives an array of shape `(d,)`.
     """
 
     input_layer: eqx.nn.Linear
@@ -46,20 +50,27 @@ class FieldMLP(eqx.Module):
     n_frequencies: int = eqx.field(static=True)
     residual: bool = eqx.field(static=True)
     activation: str = eqx.field(static=True)
+    context_dim: int = eqx.field(static=True)
 
     def __init__(
         self, dim: int, *, width: int = 128, depth: int = 3, n_frequencies: int = 4,
-        residual: bool = False, activation: str = "silu", key: PRNGKeyArray, dtype=None,
+        residual: bool = False, activation: str = "silu", context_dim: int = 0,
+        key: PRNGKeyArray, dtype=None,
     ):
         if not (isinstance(dim, int) and dim >= 1):
             raise ValueError(f"dim must be a positive integer, got {dim!r}.")
+        if not (isinstance(context_dim, int) and context_dim >= 0):
+            raise ValueError(f"context_dim must be a non-negative integer, got {context_dim!r}.")
         if not (isinstance(width, int) and width >= 1 and isinstance(depth, int) and depth >= 1):
             raise ValueError(f"width and depth must be positive integers, got {width}, {depth}.")
         if activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+            raise ValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}."
+            )
         self.dim, self.width, self.depth = dim, width, depth
         self.n_frequencies, self.residual, self.activation = n_frequencies, residual, activation
-        n_embed = 1 + 2 * n_frequencies
+        self.context_dim = context_dim
+        n_embed = 1 + 2 * n_frequencies + context_dim  # time embedding and context
         keys = jax.random.split(key, 2 * depth + 2)
         self.input_layer = eqx.nn.Linear(dim + n_embed, width, key=keys[0], dtype=dtype)
         if residual:
@@ -81,11 +92,28 @@ class FieldMLP(eqx.Module):
         frequencies = 2 * jnp.pi * jnp.arange(1, self.n_frequencies + 1, dtype=t.dtype)
         return jnp.concatenate([t[None], jnp.sin(frequencies * t), jnp.cos(frequencies * t)])
 
-    def __call__(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " d"]:
+    def __call__(
+        self, t: Float[ArrayLike, ""], x: Float[Array, " d"],
+        context: Float[ArrayLike, " k"] | None = None,
+    ) -> Float[Array, " d"]:
         act = ACTIVATIONS[self.activation]
         dtype = self.input_layer.weight.dtype
         x = jnp.asarray(x).astype(dtype)
         embedding = self.time_embedding(t)
+        if self.context_dim:
+            if context is None:
+                raise ValueError(
+                    f"This FieldMLP takes a context of shape ({self.context_dim},):"
+                    " call it as net(t, x, context)."
+                )
+            context = jnp.asarray(context).astype(dtype)
+            if context.shape != (self.context_dim,):
+                raise ValueError(
+                    f"context must have shape ({self.context_dim},), got {context.shape}."
+                )
+            embedding = jnp.concatenate([embedding, context])
+        elif context is not None:
+            raise ValueError("This FieldMLP has no context (context_dim=0); call it as net(t, x).")
         h = act(self.input_layer(jnp.concatenate([x, embedding])))
         if self.residual:
             for first, second in self.hidden:
@@ -99,7 +127,7 @@ class FieldMLP(eqx.Module):
         """The constructor arguments (without key), for saving."""
         return dict(
             dim=self.dim, width=self.width, depth=self.depth, n_frequencies=self.n_frequencies,
-            residual=self.residual, activation=self.activation,
+            residual=self.residual, activation=self.activation, context_dim=self.context_dim,
         )
 
 

@@ -12,9 +12,11 @@ KEY = jax.random.key(0)
 
 
 def leaves_equal(a, b):
-    la, lb = jax.tree.leaves(eqx.filter(a, eqx.is_array)), jax.tree.leaves(eqx.filter(b, eqx.is_array))
+    la = jax.tree.leaves(eqx.filter(a, eqx.is_array))
+    lb = jax.tree.leaves(eqx.filter(b, eqx.is_array))
     return len(la) == len(lb) and all(
-        x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(la, lb)
+        x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y)
+        for x, y in zip(la, lb, strict=True)
     )
 
 
@@ -142,7 +144,7 @@ def test_config_round_trip(residual):
     )
     config = net.config()
     assert config == dict(dim=3, width=12, depth=2, n_frequencies=2, residual=residual,
-                          activation="tanh")
+                          activation="tanh", context_dim=0)
     rebuilt = nsi.FieldMLP(**config, key=jax.random.key(5))
     # same architecture: identical tree structure and leaf shapes, different initial weights
     assert jax.tree.structure(rebuilt) == jax.tree.structure(net)
@@ -168,3 +170,44 @@ def test_gradients_reach_every_parameter():
 
     for leaf in jax.tree.leaves(grad(net)):
         assert np.any(np.asarray(leaf) != 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# context (conditional fields)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_context_is_an_input(residual):
+    net = nsi.FieldMLP(2, context_dim=3, width=8, depth=2, residual=residual, key=KEY)
+    x, context = jnp.array([0.1, -0.4]), jnp.array([1.0, 0.0, -2.0])
+    out = net(0.3, x, context)
+    assert out.shape == (2,)
+    assert not np.allclose(out, net(0.3, x, context + 0.5))
+    n_embed = 1 + 2 * net.n_frequencies + 3
+    assert net.input_layer.in_features == 2 + n_embed
+    if residual:  # every block re-reads time embedding and context
+        assert net.hidden[0][0].in_features == 8 + n_embed
+    batched = jax.vmap(net)(jnp.full(4, 0.3), jnp.tile(x, (4, 1)), jnp.tile(context, (4, 1)))
+    np.testing.assert_allclose(batched[2], out, rtol=1e-5, atol=1e-6)
+    assert net.config()["context_dim"] == 3
+    assert leaves_equal(nsi.FieldMLP(**net.config(), key=KEY), net)
+
+
+def test_context_dim_zero_is_the_plain_network():
+    """context_dim=0 (the default) builds the same layers from the same key as before."""
+    plain = nsi.FieldMLP(2, width=8, depth=2, key=KEY)
+    assert plain.context_dim == 0 and plain.input_layer.in_features == 2 + 1 + 2 * 4
+
+
+def test_context_errors():
+    net = nsi.FieldMLP(2, context_dim=3, width=8, key=KEY)
+    with pytest.raises(ValueError, match=r"takes a context of shape \(3,\)"):
+        net(0.5, jnp.zeros(2))
+    with pytest.raises(ValueError, match=r"context must have shape \(3,\), got \(2,\)"):
+        net(0.5, jnp.zeros(2), jnp.zeros(2))
+    with pytest.raises(ValueError, match="has no context"):
+        nsi.FieldMLP(2, width=8, key=KEY)(0.5, jnp.zeros(2), jnp.zeros(3))
+    for bad in (-1, 1.5, "2"):
+        with pytest.raises(ValueError, match="context_dim must be a non-negative integer"):
+            nsi.FieldMLP(2, context_dim=bad, key=KEY)
