@@ -11,7 +11,9 @@ For an unnormalised target pi of unknown shape, `run` alternates two things duri
    chains);
 2. **fitting rounds**: the flow is (re)fitted by `numpyro_si.fit` (the interpolant objectives) to
    the states all chains visited in the latest sampling round, warm-started from the previous
-   round's velocity network.
+   round's velocity network. By default the states are first whitened by their mean and
+   covariance (`whitened_flow`): a correlated target then looks roughly isotropic to the network,
+   and the density stays exact (the linear map only adds a constant log-Jacobian).
 
 Then the flow and the step size are frozen and `n_production` transitions of the same `mixed`
 kernel are run: a fixed pi-invariant kernel, so the production draws are a valid MCMC.
@@ -40,19 +42,22 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import blackjax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
 from .._distribution import SIFlow
+from .._interpolants import LinearInterpolant, OneSidedLinearInterpolant
 from .._training import fit
 from . import mixed
 from .independence import flow_log_density
 
-__all__ = ["AdaptiveResult", "run", "LOCAL_KERNELS"]
+__all__ = ["AdaptiveResult", "run", "LOCAL_KERNELS", "WhitenedVelocity", "whitened_flow"]
 
 #: Local kernels `run` builds by name, with the acceptance rate dual averaging aims at.
 LOCAL_KERNELS = {"mala": 0.574, "hmc": 0.8, "nuts": 0.8}
@@ -120,6 +125,75 @@ class AdaptiveResult:
                 "global_is_accepted": np.asarray(self.global_accepted),
             },
         )
+
+
+class WhitenedVelocity(eqx.Module):
+    """A velocity learned in whitened coordinates w = L^{-1} (x - shift), mapped to x:
+    b_x(t, x) = L b_w(t, L^{-1} (x - shift)). Its divergence equals that of b_w (trace is
+    invariant under similarity), so the flow's log density is the whitened one minus log|det L|.
+
+    **Arguments:**
+
+    - `network`: b_w(t, w) on one point of shape `(d,)`.
+    - `shift`: the mean, shape `(d,)`; `chol`: L, lower-triangular `(d, d)` with L L^T the
+      covariance.
+    """
+
+    network: Callable
+    shift: Float[Array, " d"]
+    chol: Float[Array, "d d"]
+
+    def __call__(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " d"]:
+        w = jax.scipy.linalg.solve_triangular(self.chol, x - self.shift, lower=True)
+        return self.chol @ self.network(t, w)
+
+
+def whitened_flow(
+    flow_w: SIFlow, shift: Float[ArrayLike, " d"], chol: Float[ArrayLike, "d d"]
+) -> SIFlow:
+    """The x-space `SIFlow` of a flow `flow_w` fitted to whitened data w = L^{-1} (x - shift).
+
+    x = shift + L w maps the one-sided linear interpolant (1 - t) z + t w, z ~ N(0, I), to the
+    two-sided deterministic linear interpolant (1 - t) x0 + t x1 with base x0 ~ N(shift, L L^T),
+    whose velocity is `WhitenedVelocity`; so log q(x) = log q_w(w) - log|det L| exactly, and the
+    ODE solves are the whitened ones up to the linear map.
+
+    **Arguments:**
+
+    - `flow_w`: fitted by `numpyro_si.fit(..., standardize=False)` with the default
+      `OneSidedLinearInterpolant` to the whitened data.
+    - `shift`, `chol`: the whitening mean `(d,)` and lower Cholesky factor `(d, d)`.
+
+    **Returns:** an `SIFlow` on x with the ODE sampler and `flow_w`'s tolerances, solver and
+    divergence.
+    """
+    if not isinstance(flow_w.interpolant, OneSidedLinearInterpolant):
+        raise ValueError(
+            "whitening needs the default OneSidedLinearInterpolant, got"
+            f" {type(flow_w.interpolant).__name__}; pass whiten=False for other interpolants."
+        )
+    if flow_w.standardization is not None:
+        raise ValueError("fit the whitened data with standardize=False.")
+    shift, chol = jnp.asarray(shift), jnp.asarray(chol)
+    interpolant = LinearInterpolant(
+        time_min=flow_w.interpolant.time_min, time_max=flow_w.interpolant.time_max
+    )
+    return SIFlow(
+        interpolant, WhitenedVelocity(flow_w.velocity, shift, chol),
+        base=dist.MultivariateNormal(shift, scale_tril=chol), dim=flow_w.dim,
+        sampler=flow_w.sampler, rtol=flow_w.rtol, atol=flow_w.atol,
+        divergence=flow_w.divergence, likelihood_solver=flow_w.likelihood_solver,
+    )
+
+
+def _whitening(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and lower Cholesky factor of the covariance of `points` (n, d), with a ridge of
+    1e-6 times the mean variance so that a rank-deficient sample still factorises."""
+    shift = points.mean(axis=0)
+    covariance = np.atleast_2d(np.cov(points, rowvar=False))
+    ridge = 1e-6 * max(float(np.trace(covariance)) / points.shape[1], 1e-12)
+    chol = np.linalg.cholesky(covariance + ridge * np.eye(points.shape[1]))
+    return shift.astype(points.dtype), chol.astype(points.dtype)
 
 
 class _Local(NamedTuple):
@@ -267,6 +341,7 @@ def run(
     fit_steps: int | Sequence[int] = 2000,
     fit_options: dict[str, Any] | None = None,
     max_training_points: int = 20_000,
+    whiten: bool = True,
     flow_tol: float | None = None,
     check_solver_error: bool = True,
     show_progress: bool = True,
@@ -303,6 +378,9 @@ def run(
       velocity network (`velocity_network=`), so architecture options only affect the first.
     - `max_training_points`: cap on each round's training set (every local step's state of
       every chain, thinned evenly in time).
+    - `whiten`: fit the flow to the training points whitened by their mean and covariance
+      (Cholesky), `whitened_flow`, so correlated targets are well conditioned; `False` uses
+      `fit`'s per-coordinate standardisation (and allows other interpolants in `fit_options`).
     - `flow_tol`: `rtol = atol` of the flow's ODE solves in the MH ratio (default 1e-7 in
       float64, 1e-5 in float32).
     - `check_solver_error`: measure `log_q_solver_error` at the end.
@@ -344,9 +422,15 @@ def run(
             f" got {len(fit_steps)}."
         )
     fit_options = dict(fit_options or {})
-    for reserved in ("max_steps", "velocity_network", "sampler"):
+    for reserved in ("max_steps", "velocity_network", "sampler") + (
+        ("standardize", "interpolant", "base") if whiten else ()
+    ):
         if reserved in fit_options:
-            raise ValueError(f"fit_options must not set {reserved!r}; run sets it.")
+            raise ValueError(
+                f"fit_options must not set {reserved!r}"
+                + ("; run sets it." if reserved in ("max_steps", "velocity_network", "sampler")
+                   else " with whiten=True (the flow is fitted to whitened data).")
+            )
     if flow_tol is None:
         flow_tol = 1e-7 if dtype == jnp.float64 else 1e-5
     spec = _local_kernel(
@@ -473,10 +557,20 @@ def run(
         key_fit, key_round = jax.random.split(key_fit)
         options = dict(show_progress=False) | fit_options
         if flow is not None:
-            options["velocity_network"] = flow.velocity
-        new_flow, fit_history = fit(
-            key_round, training, max_steps=fit_steps[round_index], sampler="ode", **options
-        )
+            previous = flow.velocity
+            options["velocity_network"] = previous.network if whiten else previous
+        if whiten:
+            shift, chol = _whitening(training)
+            whitened = np.linalg.solve(chol, (training - shift).T).T.astype(training.dtype)
+            new_flow, fit_history = fit(
+                key_round, whitened, max_steps=fit_steps[round_index], sampler="ode",
+                standardize=False, **options,
+            )
+            new_flow = whitened_flow(new_flow, shift, chol)
+        else:
+            new_flow, fit_history = fit(
+                key_round, training, max_steps=fit_steps[round_index], sampler="ode", **options
+            )
         flow = new_flow.with_sampler("ode", rtol=flow_tol, atol=flow_tol)
         timing["training"] += time.perf_counter() - tic
         history["n_training_points"].append(int(training.shape[0]))

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import numpyro_si as nsi
 from numpyro_si.inference import AdaptiveResult, adaptive
 
 from . import assert_unbiased, in_second_mode, mixture_problem, target_moments
@@ -58,6 +59,27 @@ def test_shapes_counts_and_frozen_flow():
     assert "global_acceptance_rate" in idata.sample_stats
 
 
+def test_whitened_flow_is_the_linear_image_of_the_whitened_flow(x64):
+    """log q(x) = log q_w(L^{-1}(x - m)) - log|det L|, and draws are m + L (whitened draws)."""
+    _, _, flow_w = mixture_problem()  # an exact-velocity one-sided flow, tolerances 1e-7
+    shift = jnp.array([1.0, -2.0])
+    chol = jnp.array([[2.0, 0.0], [0.7, 0.5]])
+    flow = adaptive.whitened_flow(flow_w, shift, chol)
+    x = jnp.array([[1.0, -2.0], [-6.0, 0.5], [9.0, -3.0]])
+    w = jax.scipy.linalg.solve_triangular(chol, (x - shift).T, lower=True).T
+    expected = flow_w.log_prob(w) - jnp.log(2.0 * 0.5)
+    # two adaptive solves at rtol = atol = 1e-7 of differently scaled ODEs: equal to ~1e-7 relative
+    np.testing.assert_allclose(jax.jit(flow.log_prob)(x), expected, rtol=1e-7, atol=1e-6)
+    key = jax.random.key(5)
+    draws = jax.jit(lambda k: flow.sample(k, (4,)))(key)
+    draws_w = jax.jit(lambda k: flow_w.sample(k, (4,)))(key)
+    np.testing.assert_allclose(draws, shift + draws_w @ chol.T, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="OneSidedLinearInterpolant"):
+        adaptive.whitened_flow(
+            nsi.SIFlow(nsi.OneSidedTrigonometricInterpolant(), flow_w.velocity, dim=2), shift, chol
+        )
+
+
 def test_bad_inputs():
     target, _, _ = mixture_problem()
     good = split_start(target)
@@ -88,6 +110,8 @@ def test_bad_inputs():
         run(key, target.log_prob, good, **(TINY | dict(fit_steps=[10, 10])))
     with pytest.raises(ValueError, match="step_size"):
         run(key, target.log_prob, good, step_size=-0.1, **TINY)
+    with pytest.raises(ValueError, match="whiten=True"):
+        run(key, target.log_prob, good, **(TINY | dict(fit_options=dict(standardize=True))))
     with pytest.raises(ValueError, match="velocity_network"):
         run(key, target.log_prob, good,
             **(TINY | dict(fit_options=dict(velocity_network=None))))
