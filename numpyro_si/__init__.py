@@ -1,6 +1,8 @@
 """numpyro_si: stochastic-interpolant generative models as NumPyro distributions."""
 
 from . import datasets, oracle
+from ._conditional import ConditionalSIFlow, ConditionedField
+from ._constrained import ConstrainedSIFlow
 from ._distribution import SIFlow, Standardization
 from ._dynamics import (
     AbstractEps,
@@ -31,16 +33,7 @@ from ._interpolants import (
     VPTrigonometricInterpolant,
     ZeroGamma,
 )
-from ._solvers import (
-    AbstractDivergence,
-    AbstractSampler,
-    ExactDivergence,
-    HutchinsonDivergence,
-    ODESampler,
-    SDESampler,
-    SolveInfo,
-)
-from ._version import __version__
+from ._io import load, save
 from ._networks import ACTIVATIONS, FieldMLP
 from ._objectives import (
     AbstractTimeSampler,
@@ -52,6 +45,15 @@ from ._objectives import (
     v_loss,
     velocity_loss,
 )
-from ._training import check_data, fit
-from ._io import load, save
 from ._reparam import FlowReparam
+from ._solvers import (
+    AbstractDivergence,
+    AbstractSampler,
+    ExactDivergence,
+    HutchinsonDivergence,
+    ODESampler,
+    SDESampler,
+    SolveInfo,
+)
+from ._training import check_data, fit
+from ._version import __version__

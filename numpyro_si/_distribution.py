@@ -83,7 +83,51 @@ class _FlowModel(eqx.Module):
     atol: float = eqx.field(static=True)
 
 
-class SIFlow(dist.Distribution):
+class _FlowModelAccessors:
+    """Read-only views of the `_FlowModel` kept in `self._model` (SIFlow, ConditionalSIFlow)."""
+
+    @property
+    def interpolant(self) -> AbstractInterpolant:
+        return self._model.fields.interpolant
+
+    @property
+    def velocity(self) -> Callable:
+        return self._model.fields.velocity
+
+    @property
+    def score(self) -> Callable | None:
+        return self._model.fields.score
+
+    @property
+    def fields(self) -> Fields:
+        return self._model.fields
+
+    @property
+    def sampler(self) -> AbstractSampler:
+        return self._model.sampler
+
+    @property
+    def standardization(self) -> Standardization | None:
+        return self._model.standardization
+
+    @property
+    def rtol(self) -> float:
+        return self._model.rtol
+
+    @property
+    def atol(self) -> float:
+        return self._model.atol
+
+    @property
+    def divergence(self) -> AbstractDivergence:
+        return self._model.divergence
+
+    @property
+    def likelihood_solver(self) -> ODESampler:
+        return self._model.likelihood_solver
+
+
+class SIFlow(dist.Distribution, _FlowModelAccessors):
     """A stochastic-interpolant flow as a NumPyro distribution on R^d.
 
     `log_prob` solves the probability-flow ODE backward (MATH.md section 4); `sample` transports
@@ -190,11 +234,20 @@ class SIFlow(dist.Distribution):
     def tree_unflatten(cls, aux_data, params):
         static, event_shape, validate_args = aux_data
         dynamic, base = params
-        flow = cls.__new__(cls)
-        flow._model = eqx.combine(dynamic, static)
-        flow.base = base
-        dist.Distribution.__init__(flow, batch_shape=(), event_shape=event_shape, validate_args=False)
+        flow = cls._from_parts(eqx.combine(dynamic, static), base, event_shape)
         flow._validate_args = validate_args
+        return flow
+
+    @classmethod
+    def _from_parts(cls, model: _FlowModel, base: dist.Distribution, event_shape) -> SIFlow:
+        """An SIFlow from an already validated model and base, without the constructor's checks
+        (which need concrete values): usable under `jax.jit`, e.g. to bind a traced context."""
+        flow = cls.__new__(cls)
+        flow._model = model
+        flow.base = base
+        dist.Distribution.__init__(
+            flow, batch_shape=(), event_shape=tuple(event_shape), validate_args=False
+        )
         return flow
 
     # -- accessors ------------------------------------------------------------------------------
@@ -202,46 +255,6 @@ class SIFlow(dist.Distribution):
     @property
     def dim(self) -> int:
         return self.event_shape[0]
-
-    @property
-    def interpolant(self) -> AbstractInterpolant:
-        return self._model.fields.interpolant
-
-    @property
-    def velocity(self) -> Callable:
-        return self._model.fields.velocity
-
-    @property
-    def score(self) -> Callable | None:
-        return self._model.fields.score
-
-    @property
-    def fields(self) -> Fields:
-        return self._model.fields
-
-    @property
-    def sampler(self) -> AbstractSampler:
-        return self._model.sampler
-
-    @property
-    def standardization(self) -> Standardization | None:
-        return self._model.standardization
-
-    @property
-    def rtol(self) -> float:
-        return self._model.rtol
-
-    @property
-    def atol(self) -> float:
-        return self._model.atol
-
-    @property
-    def divergence(self) -> AbstractDivergence:
-        return self._model.divergence
-
-    @property
-    def likelihood_solver(self) -> ODESampler:
-        return self._model.likelihood_solver
 
     def with_sampler(
         self, sampler: str | AbstractSampler | None = None, *, eps=None, rtol: float | None = None,

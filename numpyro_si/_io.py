@@ -1,9 +1,10 @@
 """Saving and loading `SIFlow`s: Equinox leaf serialisation plus JSON metadata, in one zip file.
 
 The file holds `meta.json` (format and package versions, the flow's configuration: interpolant,
-networks, sampler, solver options, standardisation shape) and `leaves.eqx` (every array, written
-by `eqx.tree_serialise_leaves`). It is written to a temporary file in the same folder, flushed to
-disk, then renamed over the target, so a crash never leaves a half-written file behind.
+networks, sampler, solver options, standardisation shape, the support of a `ConstrainedSIFlow`)
+and `leaves.eqx` (every array, written by `eqx.tree_serialise_leaves`). It is written to a
+temporary file in the same folder, flushed to disk, then renamed over the target, so a crash never
+leaves a half-written file behind.
 """
 
 from __future__ import annotations
@@ -23,15 +24,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
+from numpyro.distributions import constraints
 
 from . import _dynamics, _interpolants, _objectives, _solvers
+from ._conditional import ConditionalSIFlow, ConditionedField
+from ._constrained import ConstrainedSIFlow
 from ._distribution import SIFlow, Standardization, _FlowModel
 from ._networks import FieldMLP
 from ._version import __version__
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+# Version 2 added constrained flows ("support") and conditional flows ("conditional"); version 1
+# files still load.
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 _MAGIC = "numpyro_si.SIFlow"
 
 # Classes a saved configuration may name; nothing else is ever instantiated on load.
@@ -47,12 +54,61 @@ for _name in dir(diffrax):
         _ALLOWED[f"diffrax.{_name}"] = _obj
 _ALLOWED["numpyro_si.Standardization"] = Standardization
 _ALLOWED["numpyro_si._FlowModel"] = _FlowModel
-_NOT_SAVEABLE = (_dynamics.FunctionField, _interpolants.CustomInterpolant, _interpolants.CustomGamma,
-                 _dynamics.CustomEps, _solvers.HutchinsonDivergence)
+_ALLOWED["numpyro_si.ConditionedField"] = ConditionedField
+_NOT_SAVEABLE = (_dynamics.FunctionField, _interpolants.CustomInterpolant,
+                 _interpolants.CustomGamma, _dynamics.CustomEps, _solvers.HutchinsonDivergence)
+
+
+# Continuous NumPyro constraints a saved support may name (by class; parameters are stored).
+_CONSTRAINTS = {
+    type(obj).__name__: type(obj)
+    for obj in (
+        constraints.real, constraints.real_vector, constraints.positive, constraints.nonnegative,
+        constraints.softplus_positive, constraints.unit_interval, constraints.circular,
+        constraints.simplex, constraints.ordered_vector, constraints.positive_ordered_vector,
+        constraints.positive_definite, constraints.greater_than(0.0),
+        constraints.greater_than_eq(0.0), constraints.less_than(0.0), constraints.less_than_eq(0.0),
+        constraints.interval(0.0, 1.0), constraints.open_interval(0.0, 1.0),
+        constraints.independent(constraints.real, 1), constraints.lower_cholesky,
+        constraints.corr_cholesky, constraints.corr_matrix,
+    )
+}
 
 
 class _UnsaveableError(ValueError):
     pass
+
+
+def _encode_constraint(support):
+    """A JSON description of a NumPyro constraint: class name, parameters (numbers, arrays as
+    lists with dtype, or nested constraints) and static attributes."""
+    cls = type(support)
+    if _CONSTRAINTS.get(cls.__name__) is not cls:
+        raise _UnsaveableError(f"support = {support} (not one of NumPyro's named constraints)")
+    params, (keys, aux) = support.tree_flatten()
+    encoded = {}
+    for key, value in zip(keys, params, strict=True):
+        if isinstance(value, constraints.Constraint):
+            encoded[key] = {"constraint": _encode_constraint(value)}
+        else:
+            array = np.asarray(value)
+            encoded[key] = {"value": array.tolist(), "dtype": str(array.dtype)}
+    return {"class": cls.__name__, "params": encoded, "aux": dict(aux)}
+
+
+def _decode_constraint(obj):
+    cls = _CONSTRAINTS.get(obj.get("class")) if isinstance(obj, dict) else None
+    if cls is None:
+        raise ValueError(f"A saved flow names an unknown support {obj!r}.")
+    keys = tuple(obj["params"])
+    params = []
+    for value in obj["params"].values():
+        if "constraint" in value:
+            params.append(_decode_constraint(value["constraint"]))
+        else:
+            array = np.asarray(value["value"], dtype=value["dtype"])
+            params.append(float(array) if array.ndim == 0 else jnp.asarray(array))
+    return cls.tree_unflatten((keys, obj["aux"]), tuple(params))
 
 
 def _class_name(obj) -> str:
@@ -76,7 +132,9 @@ def _encode(obj, where: str):
         return {"__network__": "FieldMLP", "config": obj.config(),
                 "dtype": str(obj.input_layer.weight.dtype)}
     if isinstance(obj, _NOT_SAVEABLE):
-        raise _UnsaveableError(f"{where} = {type(obj).__name__} (it holds a Python function or key)")
+        raise _UnsaveableError(
+            f"{where} = {type(obj).__name__} (it holds a Python function or key)"
+        )
     if isinstance(obj, eqx.Module):
         try:
             name = _class_name(obj)
@@ -116,33 +174,59 @@ def _is_standard_normal(base: dist.Distribution) -> bool:
     return bool(jnp.all(normal.loc == 0) and jnp.all(normal.scale == 1))
 
 
-def save(path: str | os.PathLike, flow: SIFlow) -> None:
+def save(path: str | os.PathLike, flow: SIFlow | ConstrainedSIFlow | ConditionalSIFlow) -> None:
     """Write `flow` to `path` atomically (temporary file, fsync, rename).
 
     Saveable: flows whose fields are `FieldMLP` networks or numpyro_si modules (as `fit` makes),
-    with named interpolants and eps schedules. A flow built on plain Python functions cannot be
-    saved (the functions are code, not data): `ValueError` names the field. A base other than the
-    standard normal is not stored; `load(path, base=flow.base)` supplies it again.
+    with named interpolants and eps schedules; `ConstrainedSIFlow`s of such flows on NumPyro's
+    named constraints (positive, interval(a, b), simplex, ...; their parameters are stored);
+    `ConditionalSIFlow`s, and the flows their `condition(y)` returns. A flow built on plain Python
+    functions cannot be saved (the functions are code, not data): `ValueError` names the field. A
+    base other than the standard normal is not stored; `load(path, base=flow.base)` supplies it
+    again.
     """
-    if not isinstance(flow, SIFlow):
-        raise TypeError(f"save expects an SIFlow, got {type(flow).__name__}.")
+    support = None
+    if isinstance(flow, ConstrainedSIFlow):
+        flow, support = flow.flow, flow.constraint
+    conditional = None
+    if isinstance(flow, ConditionalSIFlow):
+        model, base, support = flow._model, flow.base, flow.support
+        arrays = (flow._model, flow.context_standardization)
+    elif isinstance(flow, SIFlow):
+        model, base, arrays = flow._model, flow.base, flow._model
+    else:
+        raise TypeError(
+            f"save expects an SIFlow, a ConstrainedSIFlow or a ConditionalSIFlow, got"
+            f" {type(flow).__name__}."
+        )
     try:
-        config = _encode(flow._model, "flow")
+        config = _encode(model, "flow")
+        support_config = None if support is None else _encode_constraint(support)
+        if isinstance(flow, ConditionalSIFlow):
+            conditional = {
+                "context_dim": flow.context_dim,
+                "context_standardization": _encode(
+                    flow.context_standardization, "flow.context_standardization"
+                ),
+            }
     except _UnsaveableError as error:
         raise ValueError(
-            f"This SIFlow cannot be saved: {error}. Only numpyro_si networks and named"
-            " interpolants/schedules can be written; rebuild flows on plain functions in code."
+            f"This {type(flow).__name__} cannot be saved: {error}. Only numpyro_si networks and"
+            " named interpolants/schedules can be written; rebuild flows on plain functions in"
+            " code."
         ) from None
     meta = {
         "format": _MAGIC,
         "format_version": FORMAT_VERSION,
         "numpyro_si_version": __version__,
         "dim": flow.dim,
-        "base": "standard_normal" if _is_standard_normal(flow.base) else "custom",
+        "base": "standard_normal" if base is None or _is_standard_normal(base) else "custom",
         "model": config,
+        "support": support_config,
+        "conditional": conditional,
     }
     leaves = io.BytesIO()
-    eqx.tree_serialise_leaves(leaves, flow._model)
+    eqx.tree_serialise_leaves(leaves, arrays)
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,8 +245,11 @@ def save(path: str | os.PathLike, flow: SIFlow) -> None:
         raise
 
 
-def load(path: str | os.PathLike, *, base: dist.Distribution | None = None) -> SIFlow:
-    """Read a flow written by `save`. Every array is restored bit for bit.
+def load(
+    path: str | os.PathLike, *, base: dist.Distribution | None = None
+) -> SIFlow | ConstrainedSIFlow | ConditionalSIFlow:
+    """Read a flow written by `save`. Every array is restored bit for bit (constraint parameters
+    too); a `ConstrainedSIFlow` or a `ConditionalSIFlow` comes back as one.
 
     `base` must be given (as `flow.base` was) when the flow was saved with a non-default base.
     Raises `ValueError` for a truncated or corrupted file, a file that is not a saved flow, or
@@ -187,28 +274,45 @@ def load(path: str | os.PathLike, *, base: dist.Distribution | None = None) -> S
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != _MAGIC:
         raise ValueError(f"{path} is not a numpyro_si flow file.")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in _READABLE_VERSIONS:
         raise ValueError(
             f"{path} was written in flow-file format version {meta.get('format_version')} (by"
             f" numpyro_si {meta.get('numpyro_si_version')}); this numpyro_si {__version__} reads"
-            f" version {FORMAT_VERSION}."
+            f" versions {', '.join(map(str, _READABLE_VERSIONS))}."
         )
-    skeleton = _decode(meta["model"])
-    if not isinstance(skeleton, _FlowModel):
+    conditional = meta.get("conditional")
+    try:
+        skeleton = _decode(meta["model"])
+        if conditional is not None:
+            skeleton = (skeleton, _decode(conditional["context_standardization"]))
+        support = None if meta.get("support") is None else _decode_constraint(meta["support"])
+    except (KeyError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: malformed configuration: {error!r}") from None
+    if not isinstance(skeleton[0] if conditional is not None else skeleton, _FlowModel):
         raise ValueError(f"{path} does not hold an SIFlow model.")
     try:
-        model = eqx.tree_deserialise_leaves(io.BytesIO(leaves), skeleton)
+        arrays = eqx.tree_deserialise_leaves(io.BytesIO(leaves), skeleton)
     except Exception as error:  # noqa: BLE001 - any failure here means a damaged file
-        raise ValueError(f"{path}: the stored arrays do not match the stored configuration: {error}") from None
+        raise ValueError(
+            f"{path}: the stored arrays do not match the stored configuration: {error}"
+        ) from None
     if meta["base"] == "custom" and base is None:
         raise ValueError(
             f"{path} was saved with a non-default base distribution; pass it again:"
             " load(path, base=...)."
         )
-    flow = SIFlow(
-        model.fields.interpolant, model.fields.velocity, model.fields.score,
-        base=base if meta["base"] == "custom" else None, dim=meta["dim"],
-        sampler=model.sampler, rtol=model.rtol, atol=model.atol, divergence=model.divergence,
+    model = arrays[0] if conditional is not None else arrays
+    fields = model.fields
+    options = dict(
+        base=base if meta["base"] == "custom" else None, dim=meta["dim"], sampler=model.sampler,
+        rtol=model.rtol, atol=model.atol, divergence=model.divergence,
         likelihood_solver=model.likelihood_solver, standardization=model.standardization,
     )
-    return flow
+    if conditional is not None:
+        return ConditionalSIFlow(
+            fields.interpolant, fields.velocity, fields.score,
+            context_dim=conditional["context_dim"], context_standardization=arrays[1],
+            support=support, **options,
+        )
+    flow = SIFlow(fields.interpolant, fields.velocity, fields.score, **options)
+    return flow if support is None else ConstrainedSIFlow(flow, support)

@@ -13,9 +13,12 @@ import numpy as np
 import numpyro.distributions as dist
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from numpyro.distributions import constraints
 from numpyro.distributions.transforms import AffineTransform, IndependentTransform
 from tqdm.auto import tqdm
 
+from ._conditional import ConditionalSIFlow, ConditionedField
+from ._constrained import ConstrainedSIFlow, is_unconstrained, to_unconstrained
 from ._distribution import SIFlow, Standardization
 from ._interpolants import (
     AbstractInterpolant,
@@ -68,20 +71,37 @@ def check_data(data: ArrayLike, name: str = "data", dim: int | None = None) -> A
     return array
 
 
-def _network_factory(width, depth, residual, n_frequencies, activation):
+def _network_factory(width, depth, residual, n_frequencies, activation, context_dim):
     def make(dim, key, dtype):
         return FieldMLP(
             dim, width=width, depth=depth, residual=residual, n_frequencies=n_frequencies,
-            activation=activation, key=key, dtype=dtype,
+            activation=activation, context_dim=context_dim, key=key, dtype=dtype,
         )
 
     return make
+
+
+def _check_context_network(network, name, dim, context_dim, dtype):
+    """A user network must take (t, x, context) when fit is given a context."""
+    try:
+        out = jax.eval_shape(
+            network, jnp.zeros((), dtype), jnp.zeros(dim, dtype), jnp.zeros(context_dim, dtype)
+        )
+    except Exception as error:  # noqa: BLE001 - any failure means the wrong signature or shapes
+        raise TypeError(
+            f"With a context, {name} must be callable as {name}(t, x, context) with x of shape"
+            f" ({dim},) and context of shape ({context_dim},): {error}"
+        ) from None
+    if getattr(out, "shape", None) != (dim,):
+        raise ValueError(f"{name}(t, x, context) must return shape ({dim},), got {out}.")
 
 
 def fit(
     key: PRNGKeyArray,
     data: Float[ArrayLike, "N d"],
     *,
+    context: Float[ArrayLike, "N k"] | None = None,
+    support: constraints.Constraint | None = None,
     interpolant: AbstractInterpolant | None = None,
     base: dist.Distribution | None = None,
     learn_score: bool | None = None,
@@ -109,7 +129,7 @@ def fit(
     show_progress: bool = True,
     rtol: float = 1e-5,
     atol: float = 1e-5,
-) -> tuple[SIFlow, dict[str, Any]]:
+) -> tuple[SIFlow | ConstrainedSIFlow | ConditionalSIFlow, dict[str, Any]]:
     """Learn a stochastic-interpolant flow from samples; returns `(flow, history)`.
 
     The velocity b is learned by the quadratic objective L_b (antithetic where gamma > 0), and the
@@ -124,15 +144,26 @@ def fit(
     **Arguments:**
 
     - `key`: a `jax.random` key.
-    - `data`: samples, shape `(N, d)`, finite floats.
+    - `data`: samples, shape `(N, d)`, finite floats (`(N, k, k)` for a matrix `support`).
+    - `context`: optional, shape `(N, k)`: one context vector per sample (e.g. simulated data y
+      for parameters theta). The fields then take the context, `f(t, x, context)`, and `fit`
+      returns a `ConditionalSIFlow` for p(data | context); the context is standardised inside
+      the model when `standardize`.
+    - `support`: the samples' support, a NumPyro constraint (e.g. `constraints.positive`,
+      `constraints.interval(0, 1)`, `constraints.simplex`, `constraints.positive_definite`). The
+      flow is fitted to `biject_to(support).inv(data)` and returned as a `ConstrainedSIFlow` on
+      `support` (its `log_prob` includes the log-Jacobian); rows outside the support or on its
+      boundary raise `ValueError` naming them. Default (or `real`, `real_vector`): no transform.
     - `interpolant`: default `OneSidedLinearInterpolant()` (flow matching / rectified flow with a
       standard-normal base).
-    - `base`: rho0 in data space for a two-sided interpolant (any NumPyro distribution with event
-      shape (d,)); default standard normal in the standardised space.
+    - `base`: rho0 in data space (the unconstrained space, with `support`) for a two-sided
+      interpolant (any NumPyro distribution with event shape (d,)); default standard normal in the
+      standardised space.
     - `learn_score`: learn a score network too (needs gamma > 0).
     - `sampler`, `eps`: the returned flow's sampler (`"ode"` or `"sde"` with noise level `eps`).
-    - `velocity_network`, `score_network`: your own Equinox modules `f(t, x)` instead of the
-      default `FieldMLP(width, depth, residual, n_frequencies, activation)`.
+    - `velocity_network`, `score_network`: your own Equinox modules `f(t, x)` (`f(t, x, context)`
+      with a context) instead of the default `FieldMLP(width, depth, residual, n_frequencies,
+      activation, context_dim)`.
     - `time_sampler`: default `UniformTime()` for the velocity; the score uses the same sampler.
     - `antithetic`: antithetic estimators where gamma > 0.
     - `batch_size`, `learning_rate`, `optimizer` (default Adam with warm-up and cosine decay
@@ -147,7 +178,9 @@ def fit(
     - `min_steps_between_validations`: with short epochs (small data), this many steps' worth of
       epochs run in one jitted call between validations (a "round").
 
-    **Returns:** `(flow, history)`: `history["train_loss"]` and `history["val_loss"]` (one entry
+    **Returns:** `(flow, history)`: `flow` an `SIFlow` (a `ConstrainedSIFlow` with `support`, a
+    `ConditionalSIFlow` with `context`);
+    `history["train_loss"]` and `history["val_loss"]` (one entry
     per validation, numpy arrays), `history["epoch"]` (epochs completed at each entry),
     `history["best_epoch"]` (epochs completed when the kept parameters were validated),
     `history["stopped_early"]`, `history["num_steps"]` (optimiser steps taken),
@@ -162,8 +195,22 @@ def fit(
             " Train its score or denoiser with nsi.score_loss / nsi.denoiser_loss directly."
         )
     interpolant.check_boundary_conditions()
+    if is_unconstrained(support):
+        support = None
+    else:
+        data = to_unconstrained(data, support)[0]
     data = check_data(data)
     n, dim = data.shape
+    context_dim = 0
+    if context is not None:
+        context = check_data(context, "context")
+        if context.shape[0] != n:
+            raise ValueError(
+                f"context has {context.shape[0]} row(s) but data has {n}; give one context row"
+                " per sample."
+            )
+        context = context.astype(data.dtype)
+        context_dim = context.shape[1]
     if base is not None and isinstance(interpolant, AbstractOneSidedInterpolant):
         raise ValueError(
             f"{type(interpolant).__name__} is one-sided (standard-normal base); omit `base` or use"
@@ -204,7 +251,16 @@ def fit(
     train, val = data[perm[n_val:]], data[perm[:n_val]]
     standardization = Standardization.from_data(train) if standardize else None
     to_flow_space = standardization.forward if standardize else (lambda x: x)
-    train_y, val_y = to_flow_space(train), to_flow_space(val)
+    # (data, context) pairs in the fields' space; the context is None without one
+    train_set, val_set = (to_flow_space(train), None), (to_flow_space(val), None)
+    context_standardization = None
+    if context is not None:
+        train_context, val_context = context[perm[n_val:]], context[perm[:n_val]]
+        if standardize:
+            context_standardization = Standardization.from_data(train_context)
+            train_context = context_standardization.forward(train_context)
+            val_context = context_standardization.forward(val_context)
+        train_set, val_set = (train_set[0], train_context), (val_set[0], val_context)
 
     flow_base = None
     if base is not None:
@@ -228,28 +284,43 @@ def fit(
         return flow_base.sample(k, (m,))
 
     # ---- networks ----------------------------------------------------------------------------
-    make = _network_factory(width, depth, residual, n_frequencies, activation)
+    make = _network_factory(width, depth, residual, n_frequencies, activation, context_dim)
     velocity_net = velocity_network if velocity_network is not None else make(dim, key_vel, dtype)
     networks = {"velocity": velocity_net}
     if learn_score:
-        networks["score"] = score_network if score_network is not None else make(dim, key_score, dtype)
+        networks["score"] = (
+            score_network if score_network is not None else make(dim, key_score, dtype)
+        )
+    if context is not None:
+        for name, network in (("velocity_network", velocity_network),
+                              ("score_network", score_network)):
+            if network is not None:
+                _check_context_network(network, name, dim, context_dim, dtype)
     time_sampler = UniformTime() if time_sampler is None else time_sampler
 
-    def per_sample_losses(nets, t, x0, x1, z):
-        total = velocity_loss(nets["velocity"], interpolant, t, x0, x1, z, antithetic=antithetic)
-        if "score" in nets:
-            total = total + score_loss(nets["score"], interpolant, t, x0, x1, z, antithetic=antithetic)
+    def per_sample_losses(nets, t, x0, x1, z, context_row):
+        # with a context, the fields are the networks with this sample's context bound
+        fields = nets if context_row is None else {
+            name: ConditionedField(net, context_row) for name, net in nets.items()
+        }
+        total = velocity_loss(fields["velocity"], interpolant, t, x0, x1, z, antithetic=antithetic)
+        if "score" in fields:
+            total = total + score_loss(fields["score"], interpolant, t, x0, x1, z,
+                                       antithetic=antithetic)
         return total
 
-    def batch_loss(nets, k, x1):
+    def batch_loss(nets, k, batch):
+        x1, context_batch = batch
         k_time, k_coupling = jax.random.split(k)
         t, weight = time_sampler.sample(k_time, x1.shape[0], dtype=x1.dtype)
         x0, z = sample_coupling(k_coupling, interpolant, x1, base_sample)
-        losses = jax.vmap(per_sample_losses, in_axes=(None, 0, 0, 0, 0))(nets, t, x0, x1, z)
+        losses = jax.vmap(per_sample_losses, in_axes=(None, 0, 0, 0, 0, 0))(
+            nets, t, x0, x1, z, context_batch
+        )
         return jnp.mean(weight * losses)
 
     # ---- optimiser ---------------------------------------------------------------------------
-    n_train = train_y.shape[0]
+    n_train = train_set[0].shape[0]
     batch_size = min(batch_size, n_train)
     steps_per_epoch = max(n_train // batch_size, 1)
     if max_epochs is None:
@@ -277,17 +348,19 @@ def fit(
 
     def step(carry, inputs):
         params, opt_state = carry
-        x1, k_step = inputs
+        batch, k_step = inputs
         loss, grads = jax.value_and_grad(
-            lambda p: batch_loss(eqx.combine(p, static), k_step, x1)
+            lambda p: batch_loss(eqx.combine(p, static), k_step, batch)
         )(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return (optax.apply_updates(params, updates), opt_state), loss
 
     def epoch(carry, k):
         k_perm, k_steps = jax.random.split(k)
-        order = jax.random.permutation(k_perm, train_y.shape[0])[: steps_per_epoch * batch_size]
-        batches = train_y[order].reshape(steps_per_epoch, batch_size, dim)
+        order = jax.random.permutation(k_perm, n_train)[: steps_per_epoch * batch_size]
+        batches = jax.tree.map(
+            lambda a: a[order].reshape(steps_per_epoch, batch_size, a.shape[-1]), train_set
+        )
         keys = jax.random.split(k_steps, steps_per_epoch)
         carry, losses = jax.lax.scan(step, carry, (batches, keys))
         return carry, jnp.mean(losses)
@@ -299,7 +372,7 @@ def fit(
         return params, opt_state, jnp.mean(losses)
 
     if n_val > 0:
-        val_repeated = jnp.tile(val_y, (val_repeats, 1))
+        val_repeated = jax.tree.map(lambda a: jnp.tile(a, (val_repeats, 1)), val_set)
 
         @eqx.filter_jit
         def validation_loss(params):
@@ -340,18 +413,17 @@ def fit(
     bar.close()
 
     trained = eqx.combine(best_params, static)
-    flow = SIFlow(
-        interpolant,
-        trained["velocity"],
-        trained.get("score"),
-        base=flow_base,
-        dim=dim,
-        sampler=sampler,
-        eps=eps,
-        rtol=rtol,
-        atol=atol,
-        standardization=standardization,
-    )
+    options = dict(base=flow_base, dim=dim, sampler=sampler, eps=eps, rtol=rtol, atol=atol,
+                   standardization=standardization)
+    if context is not None:
+        flow = ConditionalSIFlow(
+            interpolant, trained["velocity"], trained.get("score"), context_dim=context_dim,
+            context_standardization=context_standardization, support=support, **options,
+        )
+    else:
+        flow = SIFlow(interpolant, trained["velocity"], trained.get("score"), **options)
+        if support is not None:
+            flow = ConstrainedSIFlow(flow, support)
     history = {
         "train_loss": np.asarray(history_train),
         "val_loss": np.asarray(history_val),

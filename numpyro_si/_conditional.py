@@ -1,0 +1,242 @@
+"""Conditional flows p(theta | y): fields f(t, x, y) that take a context vector, learned from
+simulated pairs (theta, y) (amortised inference); `condition(y_obs)` gives an `SIFlow`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import biject_to
+
+from ._constrained import ConstrainedSIFlow
+from ._distribution import SIFlow, Standardization, _FlowModel, _FlowModelAccessors
+from ._dynamics import Fields
+from ._interpolants import AbstractInterpolant
+from ._solvers import AbstractDivergence, AbstractSampler, ODESampler
+
+__all__ = ["ConditionedField", "ConditionalSIFlow"]
+
+
+class ConditionedField(eqx.Module):
+    """A context-taking field `network(t, x, context)` with its context bound: a field (t, x).
+
+    **Arguments:**
+
+    - `network`: an Equinox module called as `network(t, x, context)` (e.g.
+      `FieldMLP(d, context_dim=k)`).
+    - `context`: the bound context, shape `(k,)`, in data units.
+    - `context_standardization`: maps `context` to the network's input space (None: identity).
+
+    **Returns:** `__call__(t, x)` gives the network's output, shape `(d,)`.
+    """
+
+    network: Callable
+    context: Float[Array, " k"]
+    context_standardization: Standardization | None = None
+
+    @property
+    def dim(self) -> int | None:
+        return getattr(self.network, "dim", None)
+
+    def __call__(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " d"]:
+        context = self.context
+        if self.context_standardization is not None:
+            context = self.context_standardization.forward(context)
+        return self.network(t, x, context)
+
+
+class ConditionalSIFlow(eqx.Module, _FlowModelAccessors):
+    """A conditional flow p(theta | context): an `SIFlow` whose fields take a context vector.
+
+    `fit(key, theta, context=y)` returns one. `condition(y_obs)` binds a context and gives a proper
+    `SIFlow` (a pytree, saveable, usable as a prior or a proposal); `log_prob(theta, context)` and
+    `sample(key, context, shape)` are batched conveniences. The context is standardised inside the
+    model (`context_standardization`), as the data are (`standardization`).
+
+    **Arguments:**
+
+    - `interpolant`, `velocity`, `score`: as for `SIFlow`, but the fields are called as
+      `velocity(t, x, context)` (e.g. `FieldMLP(d, context_dim=k)`).
+    - `context_dim`: k, the context's dimension.
+    - `base`, `dim`, `sampler`, `eps`, `rtol`, `atol`, `divergence`, `likelihood_solver`,
+      `standardization`: as for `SIFlow` (every conditioned flow shares them).
+    - `context_standardization`: the map from data-unit contexts to the networks' input space.
+    - `support`: a NumPyro constraint: conditioned flows are then `ConstrainedSIFlow`s on it.
+
+    `velocity` and `score` (properties) are the context-taking networks; `interpolant`,
+    `sampler`, `standardization`, `rtol`, ... are shared with every conditioned flow.
+    """
+
+    _model: _FlowModel
+    base: dist.Distribution
+    context_standardization: Standardization | None
+    support: constraints.Constraint | None
+    dim: int = eqx.field(static=True)
+    context_dim: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        interpolant: AbstractInterpolant,
+        velocity: Callable,
+        score: Callable | None = None,
+        *,
+        context_dim: int,
+        base: dist.Distribution | None = None,
+        dim: int | None = None,
+        sampler: str | AbstractSampler = "ode",
+        eps: float | Callable | None = None,
+        rtol: float = 1e-5,
+        atol: float = 1e-5,
+        divergence: str | AbstractDivergence = "exact",
+        likelihood_solver: ODESampler | None = None,
+        standardization: Standardization | None = None,
+        context_standardization: Standardization | None = None,
+        support: constraints.Constraint | None = None,
+    ):
+        if not (isinstance(context_dim, int) and context_dim >= 1):
+            raise ValueError(f"context_dim must be a positive integer, got {context_dim!r}.")
+        if context_standardization is not None and context_standardization.shift.shape != (
+            context_dim,
+        ):
+            raise ValueError(
+                f"context_standardization has dimension {context_standardization.shift.shape},"
+                f" expected ({context_dim},)."
+            )
+        # Build one conditioned flow: SIFlow validates every option, and its model is ours with
+        # the bare (context-taking) networks in place of the bound ones.
+        probe = jnp.zeros(context_dim)
+        flow = SIFlow(
+            interpolant, ConditionedField(velocity, probe),
+            None if score is None else ConditionedField(score, probe), base, dim=dim,
+            sampler=sampler, eps=eps, rtol=rtol, atol=atol, divergence=divergence,
+            likelihood_solver=likelihood_solver, standardization=standardization,
+        )
+        self._model = eqx.tree_at(
+            lambda m: m.fields, flow._model, Fields(flow.interpolant, velocity, score)
+        )
+        self.base = flow.base
+        self.context_standardization = context_standardization
+        self.support = support
+        self.dim = flow.dim
+        self.context_dim = context_dim
+        if support is not None:
+            ConstrainedSIFlow(flow, support)  # checks that the support fits the dimension
+
+    # -- accessors ------------------------------------------------------------------------------
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """The event shape of theta (of the conditioned flows)."""
+        if self.support is None:
+            return (self.dim,)
+        return tuple(biject_to(self.support).forward_shape((self.dim,)))
+
+    # -- conditioning ---------------------------------------------------------------------------
+
+    def _check_context(self, context, batched: bool) -> Array:
+        context = jnp.asarray(context)
+        if not jnp.issubdtype(context.dtype, jnp.floating):
+            context = context.astype(jnp.zeros(()).dtype)
+        if (context.ndim == 0 or context.shape[-1] != self.context_dim
+                or (not batched and context.ndim != 1)):
+            expected = f"(..., {self.context_dim})" if batched else f"({self.context_dim},)"
+            raise ValueError(
+                f"context must have shape {expected} for this conditional flow, got"
+                f" {context.shape}."
+            )
+        finite = jnp.all(jnp.isfinite(context), axis=-1)
+        if not isinstance(finite, jax.core.Tracer):  # under jit the check cannot raise
+            finite = np.asarray(finite).reshape(-1)
+            if not finite.all():
+                raise ValueError(
+                    f"context contains NaN or inf in {int((~finite).sum())} row(s), first at"
+                    f" row {int(np.flatnonzero(~finite)[0])}."
+                )
+        return context
+
+    def _condition(self, context) -> SIFlow | ConstrainedSIFlow:
+        fields = self._model.fields
+
+        def bind(network):
+            return None if network is None else ConditionedField(
+                network, context, self.context_standardization
+            )
+
+        # The options were validated once in __init__; only the context changes, so the flow is
+        # assembled directly (this also works under jax.jit, with a traced context).
+        model = eqx.tree_at(
+            lambda m: m.fields, self._model,
+            Fields(fields.interpolant, bind(fields.velocity), bind(fields.score)),
+        )
+        flow = SIFlow._from_parts(model, self.base, (self.dim,))
+        return flow if self.support is None else ConstrainedSIFlow(flow, self.support)
+
+    def condition(self, context: Float[ArrayLike, " k"]) -> SIFlow | ConstrainedSIFlow:
+        """The flow p(theta | context) for one context of shape `(k,)`, in data units.
+
+        **Returns:** an `SIFlow` whose velocity is a `ConditionedField` (a `ConstrainedSIFlow` on
+        `support` when the conditional flow has one): a pytree, saveable with `nsi.save`.
+        """
+        return self._condition(self._check_context(context, batched=False))
+
+    def with_sampler(self, *args, **kwargs) -> ConditionalSIFlow:
+        """A copy with other sampler or solver options (see `SIFlow.with_sampler`)."""
+        flow = self._condition(jnp.zeros(self.context_dim))
+        flow = flow.flow if isinstance(flow, ConstrainedSIFlow) else flow
+        new_model = flow.with_sampler(*args, **kwargs)._model
+        new_model = eqx.tree_at(lambda m: m.fields, new_model, self._model.fields)
+        return eqx.tree_at(lambda c: c._model, self, new_model)
+
+    # -- batched conveniences ------------------------------------------------------------------
+
+    def log_prob(
+        self, value: Float[ArrayLike, "... d"], context: Float[ArrayLike, "... k"]
+    ) -> Float[Array, "..."]:
+        """log p(theta | context) for broadcastable batches of theta `(..., d)` and contexts
+        `(..., k)`; returns the broadcast batch shape."""
+        context = self._check_context(context, batched=True)
+        event_shape = self.event_shape
+        value = jnp.asarray(value)
+        n_event = len(event_shape)
+        if value.shape[value.ndim - n_event:] != event_shape or value.ndim < n_event:
+            raise ValueError(
+                f"value must have shape (..., {', '.join(map(str, event_shape))}), got"
+                f" {value.shape}."
+            )
+        batch = jnp.broadcast_shapes(value.shape[: value.ndim - n_event], context.shape[:-1])
+        values = jnp.broadcast_to(value, batch + event_shape).reshape((-1, *event_shape))
+        contexts = jnp.broadcast_to(context, batch + (self.context_dim,))
+        contexts = contexts.reshape(-1, self.context_dim)
+        log_probs = jax.vmap(lambda v, c: self._condition(c).log_prob(v))(values, contexts)
+        return log_probs.reshape(batch)
+
+    def sample(
+        self, key: PRNGKeyArray, context: Float[ArrayLike, "... k"],
+        sample_shape: tuple[int, ...] = (),
+    ) -> Array:
+        """Draws of theta given each context: shape `sample_shape + context_batch + event_shape`
+        (NumPyro's order), e.g. `(n, d)` for one context `(k,)` and `sample_shape=(n,)`."""
+        context = self._check_context(context, batched=True)
+        sample_shape = tuple(sample_shape)
+        batch = context.shape[:-1]
+        contexts = context.reshape(-1, self.context_dim)
+        keys = jax.random.split(key, contexts.shape[0])
+        draws = jax.vmap(lambda k, c: self._condition(c).sample(k, sample_shape))(keys, contexts)
+        draws = draws.reshape(batch + sample_shape + self.event_shape)
+        n_batch, n_sample = len(batch), len(sample_shape)
+        return jnp.moveaxis(
+            draws, tuple(range(n_batch)), tuple(range(n_sample, n_sample + n_batch))
+        )
+
+    def __repr__(self):
+        support = "" if self.support is None else f", support={self.support}"
+        return (
+            f"ConditionalSIFlow(dim={self.dim}, context_dim={self.context_dim},"
+            f" interpolant={type(self.interpolant).__name__}{support})"
+        )

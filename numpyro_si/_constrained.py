@@ -1,0 +1,185 @@
+"""Flows on constrained supports: an `SIFlow` in the unconstrained space pushed through
+`biject_to(support)` (positive, bounded, simplex, ordered, positive-definite parameters)."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from jaxtyping import Array, ArrayLike, Float
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import ComposeTransform, Transform, biject_to
+
+from ._distribution import SIFlow
+
+__all__ = ["ConstrainedSIFlow", "to_unconstrained", "is_unconstrained"]
+
+
+def is_unconstrained(support: constraints.Constraint | None) -> bool:
+    """Whether `support` needs no transform (None, `real` or `real_vector`)."""
+    return support is None or support is constraints.real or support is constraints.real_vector
+
+
+def _transform_for(support) -> Transform:
+    if not isinstance(support, constraints.Constraint):
+        raise TypeError(
+            f"support must be a numpyro.distributions.constraints.Constraint (e.g."
+            f" constraints.positive), got {support!r}."
+        )
+    if support.is_discrete:
+        raise ValueError(f"support {support} is discrete; a flow needs a continuous support.")
+    if support.event_dim > 2:
+        raise ValueError(f"support {support} has event_dim {support.event_dim}; at most 2.")
+    try:
+        transform = biject_to(support)
+    except NotImplementedError:
+        raise ValueError(
+            f"support {support} has no bijection from unconstrained space (biject_to); give one of"
+            " NumPyro's continuous constraints, e.g. positive, interval(a, b), simplex."
+        ) from None
+    if transform.domain.event_dim > 1:
+        raise ValueError(
+            f"biject_to({support}) acts on an unconstrained space of event_dim"
+            f" {transform.domain.event_dim}; a flow needs vectors."
+        )
+    return transform
+
+
+def _bad_rows(bad) -> str:
+    """'3 row(s) (rows 4, 7, 9)': how many rows are bad and the first few of them."""
+    rows = np.flatnonzero(bad)
+    shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if rows.size > 5 else "")
+    return f"{rows.size} row(s) (rows {shown})"
+
+
+def to_unconstrained(
+    samples: ArrayLike, support: constraints.Constraint, name: str = "data"
+) -> tuple[Float[Array, "N m"], Transform, tuple[int, ...]]:
+    """Check that `samples` lie in `support` and map them to the unconstrained space.
+
+    **Arguments:**
+
+    - `samples`: draws of shape `(N,) + event_shape`: `(N, d)` for an elementwise support
+      (positive, interval, ...) or a vector one (simplex, ordered_vector), `(N, k, k)` for a
+      matrix support (positive_definite).
+    - `support`: a continuous NumPyro constraint with a `biject_to` bijection.
+    - `name`: how errors call the samples.
+
+    **Returns:** `(unconstrained, transform, event_shape)`: the unconstrained draws `(N, m)`,
+    `biject_to(support)` and the constrained event shape.
+
+    Raises `ValueError` naming the rows outside the support, or on its boundary (where the
+    unconstrained value would be infinite), and for supports a flow cannot serve.
+    """
+    transform = _transform_for(support)
+    array = jnp.asarray(samples)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(f"{name} must be a floating-point array, got dtype {array.dtype}.")
+    event_rank = max(support.event_dim, 1)
+    if array.ndim != 1 + event_rank or array.shape[0] == 0 or 0 in array.shape[1:]:
+        expected = "(N, d)" if event_rank == 1 else "(N, k, k)"
+        raise ValueError(
+            f"{name} for support {support} must be a non-empty array of shape {expected}, got"
+            f" {array.shape}."
+        )
+    event_shape = tuple(array.shape[1:])
+    try:
+        unconstrained_shape = transform.inverse_shape(event_shape)
+    except (ValueError, TypeError) as error:
+        raise ValueError(
+            f"support {support} does not fit samples with event shape {event_shape}: {error}"
+        ) from None
+    if len(unconstrained_shape) != 1 or unconstrained_shape[0] < 1:
+        raise ValueError(
+            f"support {support} maps event shape {event_shape} to an unconstrained shape"
+            f" {tuple(unconstrained_shape)}; a flow needs at least one unconstrained coordinate."
+        )
+    finite = np.asarray(jnp.all(jnp.isfinite(array.reshape(array.shape[0], -1)), axis=1))
+    if not finite.all():
+        raise ValueError(
+            f"{name} contains NaN or inf in {_bad_rows(~finite)}; remove or impute them."
+        )
+    inside = np.asarray(support.check(array))
+    inside = inside.reshape(array.shape[0], -1).all(axis=1)
+    if not inside.all():
+        raise ValueError(
+            f"{name} has {_bad_rows(~inside)} outside the support {support}; fix or drop them,"
+            " or choose another support."
+        )
+    unconstrained = transform.inv(array)
+    mapped = np.asarray(jnp.all(jnp.isfinite(unconstrained), axis=1))
+    if not mapped.all():
+        raise ValueError(
+            f"{name} has {_bad_rows(~mapped)} on the boundary of the support {support}, where the"
+            " unconstrained value is infinite; move them inside (e.g. clip by a small margin)."
+        )
+    return unconstrained, transform, event_shape
+
+
+class ConstrainedSIFlow(dist.TransformedDistribution):
+    """An `SIFlow` on the unconstrained space pushed through `biject_to(support)`: a NumPyro
+    distribution on `support`, whose `log_prob` includes the log-Jacobian of the bijection.
+
+    `fit(key, samples, support=...)` returns one; build one by hand from any flow on the
+    unconstrained space. It is a pytree (pass it through `jax.jit`), a prior for NUTS / SVI (density
+    route) and for `FlowReparam` (latent route: z ~ base, value = T(flow map(z))).
+
+    **Arguments:**
+
+    - `flow`: an `SIFlow` on R^m, the unconstrained space of `support`.
+    - `support`: a continuous NumPyro constraint (e.g. `constraints.positive`,
+      `constraints.interval(0, 1)`, `constraints.simplex`, `constraints.positive_definite`).
+
+    `support` is the given constraint, made `independent` over the event when it is elementwise
+    (positive, interval, ...), as for `dist.LogNormal(...).to_event(1)`.
+    """
+
+    pytree_data_fields = ("constraint",)
+
+    def __init__(
+        self, flow: SIFlow, support: constraints.Constraint, *, validate_args: bool | None = None
+    ):
+        if not isinstance(flow, SIFlow):
+            raise TypeError(f"flow must be an SIFlow, got {type(flow).__name__}.")
+        transform = _transform_for(support)
+        if transform.domain.event_dim == 1:
+            try:
+                transform.forward_shape(flow.event_shape)
+            except (ValueError, TypeError) as error:
+                raise ValueError(
+                    f"A {flow.dim}-dimensional flow does not fit support {support}: {error}"
+                ) from None
+        super().__init__(flow, transform, validate_args=validate_args)
+        self.constraint = support
+
+    @property
+    def flow(self) -> SIFlow:
+        """The flow on the unconstrained space."""
+        return self.base_dist
+
+    @property
+    def base(self) -> dist.Distribution:
+        """The flow's base distribution rho0 (the latent route samples it)."""
+        return self.base_dist.base
+
+    @property
+    def transform(self) -> Transform:
+        """`biject_to(support)`, from the unconstrained space to the support."""
+        transforms = self.transforms
+        return transforms[0] if len(transforms) == 1 else ComposeTransform(transforms)
+
+    @property
+    def support(self) -> constraints.Constraint:
+        extra = len(self.event_shape) - self.constraint.event_dim
+        return self.constraint if extra == 0 else constraints.independent(self.constraint, extra)
+
+    def push_forward(self, z: Float[ArrayLike, "... m"]) -> Array:
+        """Base draws to the support: the flow map, then the bijection."""
+        return self.transform(self.flow.push_forward(z))
+
+    def pull_back(self, x: ArrayLike) -> Float[Array, "... m"]:
+        """Points of the support to the base: the inverse bijection, then the inverse flow map."""
+        return self.flow.pull_back(self.transform.inv(jnp.asarray(x)))
+
+    def __repr__(self):
+        return f"ConstrainedSIFlow({self.flow!r}, support={self.constraint})"
