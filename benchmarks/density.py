@@ -6,8 +6,9 @@ Run (one process, so every method sees the same machine state):
     .venv/bin/python benchmarks/density.py --quick              # smoke run, a few minutes
     .venv/bin/python benchmarks/density.py --datasets checkerboard,digits --budget 30
 
-Every method gets the same wall-clock training budget per data set (default 45 s on 2-d sets,
-90 s on the 10-d posteriors and the real data; `--budget` overrides). For each data set and
+Every method gets the same training budget per data set: 40 s on 2-d sets, 60 s on the
+10-d posteriors and the real data, in process CPU seconds with one XLA thread (`--clock wall`
+for wall-clock; `--budget` overrides). For each data set and
 method it reports held-out NLL (nats, ± standard error), training time and steps, log_prob and
 sampling throughput (points/s, compiled, after a warm-up call) and, for numpyro_si, the mean
 number of vector-field evaluations per log_prob and per sample. Two further tables: the
@@ -31,9 +32,17 @@ import sys
 import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# One XLA thread per process (set before jax is imported): on shared cores a multi-threaded
+# runtime's CPU time includes spin-waiting, so CPU-second budgets were not reproducible; with one
+# thread, CPU time is compute. Every method runs under the same setting. Override by exporting
+# XLA_FLAGS yourself.
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -59,13 +68,17 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "benchmarks.md"
 FIGURES = ROOT / "docs" / "figures" / "density"
 RESULTS = FIGURES / "results.json"
+CONFIGS = FIGURES / "configs.json"  # the configuration study, kept apart so runs can overlap
 START, END = "<!-- density:start -->", "<!-- density:end -->"
 
-BUDGETS = {"2d": 45.0, "posterior": 90.0, "real": 90.0}
+BUDGETS = {"2d": 40.0, "posterior": 60.0, "real": 60.0}
 QUICK_BUDGETS = {"2d": 8.0, "posterior": 10.0, "real": 10.0}
 
-# The best numpyro_si configuration found (see docs/benchmarks.md, "configurations").
-TUNED_OPTIONS: dict = dict(width=256, depth=4)
+# The best numpyro_si configuration found (see docs/benchmarks.md, "configurations"): the
+# trigonometric interpolant, a higher peak learning rate and one more hidden layer.
+TUNED_OPTIONS: dict = dict(
+    interpolant=nsi.OneSidedTrigonometricInterpolant(), learning_rate=5e-3, depth=4
+)
 TUNED_LABEL = "numpyro_si tuned"
 
 METHODS = {
@@ -78,13 +91,30 @@ METHODS = {
     "numpyro BNAF": lambda key, train, budget: train_bnaf(key, train, budget),
 }
 
+# Nearby configurations of `fit`, each at the same number of optimiser steps (`--config-study`).
+CONFIG_STUDY = {
+    "defaults (linear, U[0,1] time, width 128 depth 3, lr 2e-3)": {},
+    "trigonometric interpolant": dict(interpolant=nsi.OneSidedTrigonometricInterpolant()),
+    "VP interpolant": dict(interpolant=nsi.OneSidedVPInterpolant()),
+    "lr 5e-3": dict(learning_rate=5e-3),
+    "trigonometric + lr 5e-3": dict(
+        interpolant=nsi.OneSidedTrigonometricInterpolant(), learning_rate=5e-3
+    ),
+    "trigonometric + lr 5e-3 + depth 4 (tuned)": TUNED_OPTIONS,
+    "time ~ Beta(2, 1) (more t near the data)": dict(time_sampler=nsi.BetaTime(2.0, 1.0)),
+    "time ~ Beta(1, 2) (more t near the base)": dict(time_sampler=nsi.BetaTime(1.0, 2.0)),
+    "depth 4": dict(depth=4),
+    "width 256": dict(width=256),
+}
+
 # Likelihood-solver variants measured on the default numpyro_si flow of every data set.
 SOLVER_VARIANTS = {
     "Tsit5 adaptive, tol 1e-5 (default)": {},
     "Tsit5 adaptive, tol 1e-3": dict(rtol=1e-3, atol=1e-3),
     "Tsit5, 8 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=8)),
     "Tsit5, 4 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=4)),
-    "Heun, 16 fixed steps": dict(likelihood_solver=nsi.ODESampler(diffrax.Heun(), n_steps=16)),
+    "Tsit5, 2 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=2)),
+    "Heun, 8 fixed steps": dict(likelihood_solver=nsi.ODESampler(diffrax.Heun(), n_steps=8)),
 }
 
 
@@ -140,6 +170,58 @@ def evaluate(trained: Trained, data: Dataset, key, n_samples: int = 2000) -> tup
         if trained.nfe_sample is not None:
             row["nfe_sample"] = float(np.mean(np.asarray(trained.nfe_sample(key, 1000))))
     return row, samples
+
+
+def config_study(data: Dataset, steps: int) -> list[dict]:
+    """Every `CONFIG_STUDY` entry fitted with `max_steps=steps` (same key and split): CPU
+    seconds, held-out NLL on <= 3000 test points, mean field evaluations per log_prob."""
+    from _density_methods import siflow_evaluators
+
+    rows = []
+    x = data.test[:3000]
+    for name, options in CONFIG_STUDY.items():
+        (flow, history), wall, cpu = _timed(
+            nsi.fit, jax.random.key(1), jnp.asarray(data.train), max_steps=steps,
+            show_progress=False, **options,
+        )
+        log_prob, _, _ = siflow_evaluators(flow)
+        values, nfe, _, _ = chunked_log_prob(log_prob, x)
+        rows.append({
+            "config": name, "steps": int(history["num_steps"]), "cpu": cpu, "wall": wall,
+            "params": count_params(flow.velocity), "nll": float(-np.mean(values)),
+            "nll_se": standard_error(values), "nfe_log_prob": float(np.mean(nfe)),
+        })
+        print(f"  config {name:58s} {rows[-1]['steps']} steps cpu {cpu:5.1f}s"
+              f" NLL {rows[-1]['nll']:.3f} ± {rows[-1]['nll_se']:.3f}"
+              f" NFE {rows[-1]['nfe_log_prob']:.1f}", flush=True)
+    return rows
+
+
+def _flops(compiled) -> float:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    return float(analysis["flops"])
+
+
+def flop_counts(flow: nsi.SIFlow, dim: int, n: int = 100) -> dict:
+    """XLA's flop counts per point: one likelihood-ODE evaluation of the flow (velocity plus the
+    exact divergence, d JVPs) and one flowjax coupling-flow log_prob (default architecture).
+    XLA counts a loop body once, so flowjax's scanned layers are counted as one layer times 8."""
+    import equinox as eqx
+
+    x = jnp.ones((n, dim))
+    divergence = nsi.ExactDivergence()
+    velocity = flow.velocity
+    evaluation = jax.jit(jax.vmap(lambda y: divergence(lambda z: velocity(0.5, z), y, None)))
+    one_layer = make_flowjax("coupling", jax.random.key(0), dim, flow_layers=1)
+    params, static = eqx.partition(one_layer, eqx.is_array)
+    flowjax_log_prob = jax.jit(lambda p, x: eqx.combine(p, static).log_prob(x))
+    return {
+        "eval_flops": _flops(evaluation.lower(x).compile()) / n,
+        "velocity_flops": _flops(jax.jit(jax.vmap(lambda z: velocity(0.5, z))).lower(x).compile())
+        / n,
+        "flowjax_flops": 8 * _flops(flowjax_log_prob.lower(params, x).compile()) / n,
+    }
 
 
 def solver_study(flow: nsi.SIFlow, data: Dataset, reference_rate: float | None) -> list[dict]:
@@ -307,6 +389,7 @@ def machine_description() -> str:
     return (
         f"{cpu}, {os.cpu_count()} cores (shared with other jobs while it ran), "
         f"{platform.system()} {platform.machine()}, Python {sys.version.split()[0]}, "
+        f"XLA_FLAGS='{os.environ.get('XLA_FLAGS', '')}', "
         f"jax {jax.__version__} ({jax.default_backend()}), numpyro {numpyro.__version__}, "
         f"flowjax {getattr(flowjax, '__version__', '?')}, numpyro_si {nsi.__version__}, float32"
     )
@@ -328,7 +411,15 @@ def render(results: dict) -> str:
         START,
         "## density estimation against flowjax and NumPyro BNAF",
         "",
-        f"Commands: {', '.join(f'`{c}`' for c in meta['commands'])}."
+        "Commands: "
+        + ", ".join(
+            f"`{c}`"
+            for c in sorted(
+                set(meta["commands"])
+                | {e["command"] for e in results.get("configs", {}).values() if "command" in e}
+            )
+        )
+        + "."
         + (" **Quick smoke run (small data, budgets of ~10 s): it checks the pipeline; its"
            " numbers are not evidence.**" if meta.get("quick") else ""),
         f"Machine: {meta['machine']}; numpyro_si {meta.get('code', '')}. The cores were shared"
@@ -428,6 +519,28 @@ def render(results: dict) -> str:
                     f" ({row['nfe_max']:.0f}) | {_fmt(row['log_prob_per_s'])} |"
                     f" {_fmt(row['cost_vs_flowjax'], 1)}x |"
                 )
+        seen = {}
+        for name in [n for n in ALL_DATASETS if n in results["solver"]]:
+            entry = results["solver"][name]
+            if "flops" in entry:
+                seen.setdefault(entry["dim"], (name, entry["flops"]))
+        if seen:
+            lines += [
+                "", "Why the cost ratio is what it is: XLA's flop counts per point (compiled,"
+                " default networks). One likelihood-ODE evaluation is the velocity plus its"
+                " exact divergence (d JVPs); at equal flops per second a log_prob within 20x"
+                " of flowjax's allows 20 x (flowjax flops) / (flops per evaluation) evaluations.",
+                "",
+                "| d | velocity | velocity + exact divergence | flowjax coupling log_prob |"
+                " evaluations allowed by 20x |",
+                "| --- | --- | --- | --- | --- |",
+            ]
+            for dim, (_name, flops) in sorted(seen.items()):
+                lines.append(
+                    f"| {dim} | {_fmt(flops['velocity_flops'])} | {_fmt(flops['eval_flops'])} |"
+                    f" {_fmt(flops['flowjax_flops'])} |"
+                    f" {20 * flops['flowjax_flops'] / flops['eval_flops']:.1f} |"
+                )
     if results.get("throughput"):
         lines += [
             "", "### training steps per second at equal batch size and parameter count", "",
@@ -446,6 +559,27 @@ def render(results: dict) -> str:
                 f" {row['si_steps_per_s']:.0f} | {row['flowjax_steps_per_s']:.0f} |"
                 f" {row['ratio']:.1f}x |"
             )
+    if results.get("configs"):
+        lines += [
+            "", "### configurations of fit (the evidence for its defaults)", "",
+            "Each row is one `nsi.fit` with the defaults except the change named, all at the same"
+            " number of optimiser steps, same key and split; NLL on up to 3000 held-out points;"
+            " CPU seconds of the fit (one XLA thread, compilation included).",
+            "",
+            "| data set | configuration | params | steps | fit CPU s | held-out NLL |"
+            " NFE log_prob |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, entry in results["configs"].items():
+            best = min(r["nll"] for r in entry["rows"])
+            for i, row in enumerate(entry["rows"]):
+                nll = f"{row['nll']:.3f} ± {row['nll_se']:.3f}"
+                lines.append(
+                    f"| {name if i == 0 else ''} | {row['config']} | {_fmt(row['params'])} |"
+                    f" {row['steps']} | {row['cpu']:.0f} |"
+                    f" {f'**{nll}**' if row['nll'] == best else nll} |"
+                    f" {row['nfe_log_prob']:.1f} |"
+                )
     if results.get("analysis"):
         lines += ["", results["analysis"].strip()]
     lines += ["", END]
@@ -483,6 +617,10 @@ def parse_args(argv=None):
                         " shared cores) or wall-clock seconds")
     parser.add_argument("--no-studies", action="store_true",
                         help="skip the solver and training-throughput tables")
+    parser.add_argument("--config-study", default="",
+                        help="comma-separated data sets on which to compare fit configurations"
+                        " (CONFIG_STUDY) at --config-steps optimiser steps")
+    parser.add_argument("--config-steps", type=int, default=8000)
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -492,7 +630,8 @@ def main(argv=None):
     args = parse_args(argv)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for name in names:
+    config_names = [n.strip() for n in args.config_study.split(",") if n.strip()]
+    for name in names + config_names:
         if name not in ALL_DATASETS:
             raise SystemExit(f"unknown data set {name!r}; choose from {', '.join(ALL_DATASETS)}")
     for method in methods:
@@ -555,7 +694,8 @@ def main(argv=None):
         save_figure(data, samples, FIGURES / f"{name}.png")
         if not args.no_studies and default_flow is not None:
             study = solver_study(default_flow, data, reference_rate)
-            results["solver"][name] = {"dim": data.dim, "rows": study}
+            results["solver"][name] = {"dim": data.dim, "rows": study,
+                                       "flops": flop_counts(default_flow, data.dim)}
             for row in study:
                 print(f"    solver {row['variant']:36s} NLL {row['nll']:.3f}  max change"
                       f" {row['max_abs_change']:.1e}  NFE {row['nfe_log_prob']:.1f}"
@@ -564,7 +704,17 @@ def main(argv=None):
             RESULTS.parent.mkdir(parents=True, exist_ok=True)
             RESULTS.write_text(json.dumps(results, indent=1))
 
-    if not args.no_studies:
+    for name in config_names:
+        data = loaded.get(name) or load_dataset(name, quick=args.quick, seed=args.seed)
+        print(f"\n== configurations on {name}, {args.config_steps} steps", flush=True)
+        rows = config_study(data, args.config_steps)
+        if not args.quick:
+            stored = json.loads(CONFIGS.read_text()) if CONFIGS.exists() else {}
+            stored[name] = {"rows": rows, "command": command}
+            CONFIGS.parent.mkdir(parents=True, exist_ok=True)
+            CONFIGS.write_text(json.dumps(stored, indent=1))
+
+    if not args.no_studies and loaded:
         print("\n== training throughput", flush=True)
         by_dim = {}
         for name, data in loaded.items():
@@ -572,6 +722,8 @@ def main(argv=None):
         results["throughput"] = throughput_study(dict(by_dim.values()))
     if not args.quick:
         RESULTS.write_text(json.dumps(results, indent=1))
+    if CONFIGS.exists() and not args.quick:
+        results["configs"] = json.loads(CONFIGS.read_text())
     print("\n" + render(results))
     if not args.no_docs:
         write_docs(results)
