@@ -80,7 +80,8 @@ class AdaptiveResult:
     - `global_failed`: whether a flow density solve failed in that move (it is then rejected).
     - `grad_evals_warmup`, `grad_evals_production`: target log-density gradient evaluations,
       summed over chains (local integration steps, plus one per global move at the proposal,
-      plus one per chain at initialisation).
+      plus one per chain at initialisation); production counts every transition run, including
+      those of its last round beyond `n_production`.
     - `timing`: wall-clock seconds: `"warmup_sampling"`, `"training"`, `"production"`, `"total"`
       (compilation included).
     - `warmup`: per warm-up round, lists `"local_acceptance"`, `"global_acceptance"` (nan in the
@@ -370,7 +371,9 @@ def run(
     - `n_local`: local steps per transition (each transition ends with one global flow move).
     - `n_warmup_rounds`: sampling-then-fitting rounds (at least 1: the flow is fitted after
       each, the first round samples with local steps only).
-    - `n_warmup_steps`: transitions per warm-up round.
+    - `n_warmup_steps`: transitions per warm-up round. Production reuses the same compiled
+      round: it runs whole rounds of `n_warmup_steps` transitions and keeps the first
+      `n_production`.
     - `n_production`: transitions of the production chain (draws per chain).
     - `fit_steps`: optimiser steps of each round's `numpyro_si.fit` (an int, or one per round).
     - `fit_options`: further keyword arguments of `numpyro_si.fit` (e.g. `width`, `depth`,
