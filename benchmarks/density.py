@@ -86,8 +86,12 @@ METHODS = {
     TUNED_LABEL: lambda key, train, budget: train_siflow(
         key, train, budget, label=TUNED_LABEL, options=TUNED_OPTIONS
     ),
-    "flowjax coupling": lambda key, train, budget: train_flowjax(key, train, budget, kind="coupling"),
-    "flowjax MAF": lambda key, train, budget: train_flowjax(key, train, budget, kind="maf"),
+    "flowjax coupling": lambda key, train, budget: train_flowjax(
+        key, train, budget, kind="coupling", label="flowjax coupling"
+    ),
+    "flowjax MAF": lambda key, train, budget: train_flowjax(
+        key, train, budget, kind="maf", label="flowjax MAF"
+    ),
     "numpyro BNAF": lambda key, train, budget: train_bnaf(key, train, budget),
 }
 
@@ -414,6 +418,63 @@ def _fmt(value, digits=0):
     return f"{value:.{digits}f}"
 
 
+def nll_verdict(row: dict, best: dict) -> tuple[str, float, float]:
+    diff = row["nll"] - best["nll"]
+    se = math.hypot(row["nll_se"], best["nll_se"])
+    if not math.isfinite(diff):
+        return "**no**", diff, se
+    return ("yes" if diff <= 0 else "within 2 s.e." if diff <= 2 * se else "**no**"), diff, se
+
+
+def goal_summary(results: dict) -> list[str]:
+    """The issue's goals, each with the numbers of this run."""
+    out = []
+    names = [n for n in ALL_DATASETS if n in results["datasets"]]
+    for label in ("numpyro_si", TUNED_LABEL):
+        wins, total = [], 0
+        for name in names:
+            rows = {r["method"]: r for r in results["datasets"][name]["rows"]}
+            flowjax_rows = [r for m, r in rows.items() if m.startswith("flowjax")]
+            if label in rows and flowjax_rows:
+                total += 1
+                if nll_verdict(rows[label], min(flowjax_rows, key=lambda r: r["nll"]))[0] == "yes":
+                    wins.append(name)
+        if total:
+            out.append(f"- NLL at equal training budget, {label}: at most the best flowjax flow's"
+                       f" on {len(wins)} of {total} data sets"
+                       + (f" ({', '.join(wins)})." if wins else "."))
+    if "checkerboard" in results["datasets"]:
+        entropy = results["datasets"]["checkerboard"]["entropy"]
+        gaps = ", ".join(
+            f"{r['method']} {r['nll'] - entropy:+.3f}"
+            for r in results["datasets"]["checkerboard"]["rows"]
+        )
+        out.append(f"- Checkerboard, NLL - ln 32 (goal: numpyro_si within 0.05): {gaps}.")
+    for row in results.get("throughput", []):
+        out.append(
+            f"- Training steps/s at batch 512 and equal parameter count, d = {row['dim']}:"
+            f" numpyro_si {row['ratio']:.1f}x flowjax `fit_to_data` (goal: 2x)."
+        )
+    for name in [n for n in ALL_DATASETS if n in results.get("solver", {})]:
+        entry = results["solver"][name]
+        rows = entry["rows"]
+        default = rows[0]
+        if default.get("cost_vs_flowjax") is None:
+            continue
+        # the cheapest variant whose log_prob stays within 0.01 nats of the default solve's at
+        # every point (a biased solve can move the mean NLL either way)
+        accurate = [r for r in rows if r["max_abs_change"] <= 0.01]
+        cheapest = min(accurate, key=lambda r: r["cost_vs_flowjax"])
+        out.append(
+            f"- log_prob cost, {name} (d = {entry['dim']}): default solve {default['nfe_log_prob']:.0f}"
+            f" evaluations, {default['cost_vs_flowjax']:.0f}x a flowjax coupling log_prob;"
+            f" cheapest solve within 0.01 nats of it at every point: {cheapest['variant']},"
+            f" {cheapest['nfe_log_prob']:.0f} evaluations, {cheapest['cost_vs_flowjax']:.0f}x"
+            " (goal at d = 10: 20x)."
+        )
+    return out
+
+
 def render(results: dict) -> str:
     meta = results["meta"]
     lines = [
@@ -472,7 +533,7 @@ def render(results: dict) -> str:
                 if i == 0 else "| | | |"
             )
             lines.append(
-                head + f" {row['method']} | {_fmt(row['params'])} |"
+                head + f" {row['method'].replace('maf', 'MAF')} | {_fmt(row['params'])} |"
                 f" {row['train_cpu']:.0f} / {row['train_time']:.0f} ({row['steps']}) | {nll} |"
                 f" {_fmt(row['log_prob_per_s'])} | {_fmt(row.get('sample_per_s'))} |"
                 f" {_fmt(row.get('nfe_log_prob'), 1)} | {_fmt(row.get('nfe_sample'), 1)} |"
@@ -488,24 +549,33 @@ def render(results: dict) -> str:
         lines.append(text + f". Figure: [`{name}.png`](figures/density/{name}.png).")
 
     # goals
-    lines += ["", "### goals", "", "| data set | best flowjax NLL | numpyro_si NLL (defaults) |"
-              " numpyro_si tuned NLL | defaults ≤ best flowjax? |", "| --- | --- | --- | --- | --- |"]
+    lines += [
+        "", "### goals", "",
+        "Verdict: the NLL difference to the best flowjax flow ± its standard error (the two"
+        " held-out sets are the same points, so this s.e. is conservative).",
+        "",
+        "| data set | best flowjax NLL | numpyro_si defaults | ≤ best flowjax? |"
+        " numpyro_si tuned | ≤ best flowjax? |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name in [n for n in ALL_DATASETS if n in results["datasets"]]:
         rows = {r["method"]: r for r in results["datasets"][name]["rows"]}
         flowjax_rows = [r for m, r in rows.items() if m.startswith("flowjax")]
         if not flowjax_rows or "numpyro_si" not in rows:
             continue
         best = min(flowjax_rows, key=lambda r: r["nll"])
-        si = rows["numpyro_si"]
-        tuned = rows.get(TUNED_LABEL)
-        diff = si["nll"] - best["nll"]
-        se = math.hypot(si["nll_se"], best["nll_se"])
-        verdict = "yes" if diff <= 0 else ("within 2 s.e." if diff <= 2 * se else "**no**")
-        tuned_nll = f"{tuned['nll']:.3f}" if tuned else "—"
+        cells = []
+        for label in ("numpyro_si", TUNED_LABEL):
+            if label not in rows:
+                cells += ["—", "—"]
+                continue
+            verdict, diff, se = nll_verdict(rows[label], best)
+            cells += [f"{rows[label]['nll']:.3f}", f"{verdict} ({diff:+.3f} ± {se:.3f})"]
         lines.append(
-            f"| {name} | {best['nll']:.3f} ({best['method'].removeprefix('flowjax ')}) |"
-            f" {si['nll']:.3f} | {tuned_nll} | {verdict} ({diff:+.3f} ± {se:.3f}) |"
+            f"| {name} | {best['nll']:.3f} ({best['method'].removeprefix('flowjax ')}) | "
+            + " | ".join(cells) + " |"
         )
+    lines += ["", *goal_summary(results)]
 
     if results.get("solver"):
         lines += [
@@ -593,6 +663,16 @@ def render(results: dict) -> str:
                     f" {f'**{nll}**' if row['nll'] == best else nll} |"
                     f" {row['nfe_log_prob']:.1f} |"
                 )
+        lines.append("")
+        for name, entry in results["configs"].items():
+            ranked = sorted((r for r in entry["rows"] if "nll" in r), key=lambda r: r["nll"])
+            default = next(r for r in entry["rows"] if r["config"].startswith("defaults"))
+            lines.append(
+                f"- {name}: " + "; ".join(
+                    f"{r['config'].split(' (')[0]} {r['nll'] - default['nll']:+.3f}"
+                    for r in ranked if r is not default
+                ) + " nats against the defaults (ranked, best first)."
+            )
     if results.get("analysis"):
         lines += ["", results["analysis"].strip()]
     lines += ["", END]
@@ -615,6 +695,28 @@ def write_docs(results: dict, path: Path = DOCS):
 # ----------------------------------------------------------------------------------------------
 
 
+def merged_results() -> dict:
+    """Every stored run (docs/figures/density/results*.json, oldest first, so a later run's
+    data set replaces an earlier one's) plus the configuration study, as one results dict."""
+    merged: dict = {"datasets": {}, "solver": {}, "throughput": []}
+    commands, throughput = set(), {}
+    for path in sorted(FIGURES.glob("results*.json"), key=lambda p: p.stat().st_mtime):
+        part = json.loads(path.read_text())
+        merged["datasets"].update(part.get("datasets", {}))
+        merged["solver"].update(part.get("solver", {}))
+        for row in part.get("throughput", []):
+            throughput[row["dim"]] = row
+        commands |= {e["command"] for e in part.get("datasets", {}).values() if "command" in e}
+        if part.get("throughput"):
+            commands |= set(part["meta"]["commands"])
+        merged["meta"] = part["meta"]
+    merged["throughput"] = [throughput[d] for d in sorted(throughput)]
+    merged["meta"] = dict(merged["meta"], commands=sorted(commands))
+    if CONFIGS.exists():
+        merged["configs"] = json.loads(CONFIGS.read_text())
+    return merged
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -635,6 +737,10 @@ def parse_args(argv=None):
                         " (CONFIG_STUDY) at --config-steps optimiser steps")
     parser.add_argument("--config-steps", type=int, default=8000)
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="JSON file this run adds its results to; the docs are rendered from"
+                        " every docs/figures/density/results*.json, so runs on disjoint data"
+                        " sets can go side by side (e.g. --results .../results-highd.json)")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -656,7 +762,8 @@ def main(argv=None):
         budgets = dict.fromkeys(budgets, args.budget)
     command = "python benchmarks/density.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() and not args.quick else {}
+    store = args.results
+    results = json.loads(store.read_text()) if store.exists() and not args.quick else {}
     results.setdefault("datasets", {})
     results.setdefault("solver", {})
     results["meta"] = {
@@ -673,6 +780,8 @@ def main(argv=None):
     for name in names:
         data = load_dataset(name, quick=args.quick, seed=args.seed)
         loaded[name] = data
+        if not methods:
+            continue
         budget = budgets[data.group]
         print(f"\n== {name}: d={data.dim}, train {data.train.shape[0]}, test {data.test.shape[0]},"
               f" budget {budget:.0f} s", flush=True)
@@ -714,8 +823,8 @@ def main(argv=None):
                       f" {row['max_abs_change']:.1e}  NFE {row['nfe_log_prob']:.1f}"
                       f"  {row['log_prob_per_s']:.0f}/s", flush=True)
         if not args.quick:
-            RESULTS.parent.mkdir(parents=True, exist_ok=True)
-            RESULTS.write_text(json.dumps(results, indent=1))
+            store.parent.mkdir(parents=True, exist_ok=True)
+            store.write_text(json.dumps(results, indent=1))
 
     for name in config_names:
         data = loaded.get(name) or load_dataset(name, quick=args.quick, seed=args.seed)
@@ -734,9 +843,9 @@ def main(argv=None):
             by_dim.setdefault(data.dim, (name, data))
         results["throughput"] = throughput_study(dict(by_dim.values()))
     if not args.quick:
-        RESULTS.write_text(json.dumps(results, indent=1))
-    if CONFIGS.exists() and not args.quick:
-        results["configs"] = json.loads(CONFIGS.read_text())
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(results, indent=1))
+        results = merged_results()
     print("\n" + render(results))
     if not args.no_docs:
         write_docs(results)
