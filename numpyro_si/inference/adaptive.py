@@ -379,6 +379,9 @@ def run(
     - `fit_options`: further keyword arguments of `numpyro_si.fit` (e.g. `width`, `depth`,
       `batch_size`, `learning_rate`); rounds after the first warm-start from the previous
       velocity network (`velocity_network=`), so architecture options only affect the first.
+      Unlike `fit`'s own defaults, the rounds use `OneSidedLinearInterpolant()` (which the
+      whitening needs) and learning rate 2e-3 unless `fit_options` says otherwise: the settings
+      of the MCMC benchmark (docs/benchmarks.md).
     - `max_training_points`: cap on each round's training set (every local step's state of
       every chain, thinned evenly in time).
     - `whiten`: fit the flow to the training points whitened by their mean and covariance
@@ -558,7 +561,9 @@ def run(
         tic = time.perf_counter()
         training = _thin(path, max_training_points)
         key_fit, key_round = jax.random.split(key_fit)
-        options = dict(show_progress=False) | fit_options
+        options = dict(
+            show_progress=False, interpolant=OneSidedLinearInterpolant(), learning_rate=2e-3
+        ) | fit_options
         if flow is not None:
             previous = flow.velocity
             options["velocity_network"] = previous.network if whiten else previous
