@@ -173,6 +173,7 @@ def check_conditional_fit(conditional, mean_margin, kl_margin):
     assert np.all(kl > -3 * kl_se)  # a normalised model cannot beat the truth
 
 
+@pytest.mark.slow
 def test_fit_with_context_learns_the_conditional(x64):
     """1000 steps, width 32, 4000 pairs. Measured (float64, fit keys 1, 2, 3): mean errors at
     most 0.047, 0.045, 0.031; KL 0.018 / 0.011, 0.010 / 0.015, 0.017 / 0.005 nats (se ~0.005)

@@ -74,6 +74,7 @@ def test_mixed_nuts_recovers_mode_weights(x64):
     assert abs(estimate - expected) < 4 * np.hypot(se, expected_se)
 
 
+@pytest.mark.slow
 def test_state_stays_consistent_across_global_moves(x64):
     """With a bare MALA step function and n_local = 3: after every transition the local state's
     log pi and gradient, and the stored log q, are those of the current position."""

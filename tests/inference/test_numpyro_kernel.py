@@ -41,6 +41,7 @@ def test_boosted_nuts_recovers_mode_weights(x64):
     assert float(stats.global_is_accepted.mean()) > 0.5
 
 
+@pytest.mark.slow
 def test_constrained_sites_use_the_unconstrained_space(x64):
     """A positive site: the flow lives on (m, log s); the draws come back constrained."""
     loc_m, scale_m, loc_log_s, scale_log_s = -1.0, 2.0, 1.0, 0.5
