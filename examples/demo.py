@@ -3,8 +3,7 @@ use it as a learned prior in a NumPyro model run by NUTS.
 
 Steps:
 1. two-moons samples (built in, `numpyro_si.datasets`), split into training and held-out sets;
-2. `nsi.fit` learns the velocity of a one-sided interpolant from a standard-normal base (the
-   default trigonometric one);
+2. `nsi.fit` learns the velocity of a one-sided linear interpolant (flow matching);
 3. held-out cross-entropy (mean negative log-likelihood by the probability-flow ODE, with its
    Monte Carlo standard error);
 4. samples by the ODE and by the SDE (score from the velocity, eps(t) = eps0 (1 - t));

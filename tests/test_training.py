@@ -16,10 +16,10 @@ HISTORY_KEYS = {
     "train_loss", "val_loss", "epoch", "best_epoch", "stopped_early", "num_steps", "steps_per_epoch"
 }
 SMALL = dict(width=32, depth=2, show_progress=False)  # small, quiet networks for fast fits
-# Standardised Gaussian data are the base itself: under the default (variance-preserving)
-# trigonometric interpolant x_t stays N(0, I) and the optimal velocity is 0, so an untrained
-# network is already nearly optimal. Tests that need a loss with something to learn on Gaussian
-# data use the linear interpolant, whose optimal velocity is not zero.
+# Standardised Gaussian data are the base itself: under a variance-preserving interpolant
+# (trigonometric) x_t stays N(0, I) and the optimal velocity is 0, so an untrained network is
+# already nearly optimal. Tests that need a loss with something to learn on Gaussian data pin the
+# linear interpolant (the default), whose optimal velocity is not zero.
 LEARNABLE = dict(interpolant=nsi.OneSidedLinearInterpolant())
 
 
@@ -57,7 +57,7 @@ def test_fit_returns_flow_and_documented_history(capfd):
 
     assert isinstance(flow, nsi.SIFlow) and flow.dim == 2
     default, _ = nsi.fit(jax.random.key(1), data, max_steps=1, batch_size=100, **SMALL)
-    assert isinstance(default.interpolant, nsi.OneSidedTrigonometricInterpolant)  # the default
+    assert isinstance(default.interpolant, nsi.OneSidedLinearInterpolant)  # the default
     assert flow.score is None  # one-sided: the score follows from the velocity
     assert HISTORY_KEYS <= set(history)
     for name in ("train_loss", "val_loss", "epoch"):

@@ -379,9 +379,9 @@ def run(
     - `fit_options`: further keyword arguments of `numpyro_si.fit` (e.g. `width`, `depth`,
       `batch_size`, `learning_rate`); rounds after the first warm-start from the previous
       velocity network (`velocity_network=`), so architecture options only affect the first.
-      Unlike `fit`'s own defaults, the rounds use `OneSidedLinearInterpolant()` (which the
-      whitening needs) and learning rate 2e-3 unless `fit_options` says otherwise: the settings
-      of the MCMC benchmark (docs/benchmarks.md).
+      The rounds use `OneSidedLinearInterpolant()` (which the whitening needs) and learning rate
+      2e-3 (not `fit`'s 5e-3: short warm-started refits) unless `fit_options` says otherwise:
+      the settings of the MCMC benchmark (docs/benchmarks.md).
     - `max_training_points`: cap on each round's training set (every local step's state of
       every chain, thinned evenly in time).
     - `whiten`: fit the flow to the training points whitened by their mean and covariance
