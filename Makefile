@@ -39,6 +39,7 @@ lint: install
 bench: install-bench
 	$(PY) benchmarks/density.py
 	$(PY) benchmarks/mcmc.py
+	$(PY) benchmarks/priors.py
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache
