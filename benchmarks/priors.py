@@ -1,0 +1,303 @@
+"""Learned priors under NUTS: SIFlow by the density route and the latent route against a flowjax
+spline flow fitted to the same samples.
+
+For each scenario a set of prior samples is drawn, `nsi.fit` (defaults) and a flowjax
+rational-quadratic-spline coupling flow (8 layers, 8 knots on [-4, 4], fitted to standardised
+samples by `fit_to_data`) learn it, and NUTS samples the posterior of a model with that prior.
+Methods:
+
+- `SIFlow density`: `numpyro.sample("theta", flow)`; NUTS differentiates the ODE likelihood.
+- `SIFlow latent`: `FlowReparam`: NUTS runs on the flow's base, theta = flow map(z) (adaptive
+  solver at the flow's rtol/atol).
+- `SIFlow latent, 8 steps`: the same with a fixed-step map (`flow.with_sampler(n_steps=8)`): the
+  prior is then the discretised map's push-forward, an exact model of its own prior, and the map is
+  smooth in z (no step-size control inside the gradient).
+- `flowjax density`: `distribution_to_numpyro(flow)` (its spline inverse and log-det).
+- `flowjax latent`: the same with `TransformReparam` (NUTS on the flowjax base).
+
+Reported per method: the CPU cost of one potential-energy gradient (steady state: one jitted
+`lax.map` over 50 posterior draws, best of three), the gradient evaluations of the sampling phase
+(leapfrog steps), the bulk ESS of theta (minimum over coordinates), ESS per 1000 gradients
+(independent of hardware and compilation), ESS per CPU second = ESS / (gradients x cost per
+gradient) (steady state, no compilation), and the CPU time of the whole NUTS run (compilation,
+warm-up and sampling). CPU time, not wall time, because the cores are shared with other jobs.
+Posterior means of theta are printed to check that the methods agree.
+
+Run: `.venv/bin/python benchmarks/priors.py` (about 15-20 minutes on 2 shared cores; `--quick`
+for a smoke run that writes nothing). The table goes to `docs/benchmarks.md` between
+`<!-- priors:start -->` and `<!-- priors:end -->`; nothing else in the file is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.diagnostics import effective_sample_size
+from numpyro.handlers import reparam
+from numpyro.infer import MCMC, NUTS
+from numpyro.infer.reparam import TransformReparam
+from numpyro.infer.util import initialize_model
+
+import numpyro_si as nsi
+
+START, END = "<!-- priors:start -->", "<!-- priors:end -->"
+OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+HEADER = (
+    "| scenario | prior | ms per gradient | gradients | min ESS | ESS per 1000 gradients |"
+    " ESS per CPU second | NUTS CPU time (s) | posterior mean of theta |"
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# scenarios: prior samples and a likelihood
+# ----------------------------------------------------------------------------------------------
+
+
+def banana_samples(key, n):
+    """A curved 2-d prior: theta_1 ~ N(0, 1), theta_2 | theta_1 ~ N(theta_1^2 / 2 - 1, 0.5^2)."""
+    key_a, key_b = jax.random.split(key)
+    a = jax.random.normal(key_a, (n,))
+    return jnp.stack([a, 0.5 * a**2 - 1.0 + 0.5 * jax.random.normal(key_b, (n,))], axis=1)
+
+
+def banana_likelihood(theta):
+    """One observation of theta_2 (y = 0.8, sd 0.5): the posterior stays curved."""
+    return dist.Normal(theta[..., 1], 0.5).log_prob(0.8)
+
+
+LOGISTIC_BETA = np.array([0.5, -1.0, 0.8, 0.0, 1.5])
+
+
+def logistic_design(key, n):
+    x = jax.random.normal(key, (n, 5)).at[:, 0].set(1.0)
+    return x
+
+
+def logistic_study(key, n):
+    key_x, key_y = jax.random.split(key)
+    x = logistic_design(key_x, n)
+    y = jax.random.bernoulli(key_y, jax.nn.sigmoid(x @ LOGISTIC_BETA)).astype(jnp.float32)
+    return x, y
+
+
+def logistic_samples(key, n):
+    """Posterior draws of a 5-coefficient logistic regression (study 1, 40 observations, N(0, 2.5^2)
+    prior): the "posterior as prior" use, skewed and correlated."""
+    key_data, key_mcmc = jax.random.split(key)
+    x, y = logistic_study(key_data, 40)
+
+    def model():
+        beta = numpyro.sample("beta", dist.Normal(jnp.zeros(5), 2.5).to_event(1))
+        numpyro.sample("y", dist.Bernoulli(logits=x @ beta), obs=y)
+
+    mcmc = MCMC(NUTS(model), num_warmup=500, num_samples=n // 2, num_chains=2,
+                chain_method="sequential", progress_bar=False)
+    mcmc.run(key_mcmc)
+    return mcmc.get_samples()["beta"]
+
+
+_X2, _Y2 = logistic_study(jax.random.key(101), 40)
+
+
+def logistic_likelihood(theta):
+    """Study 2: 40 new observations of the same logistic regression."""
+    return dist.Bernoulli(logits=_X2 @ theta).log_prob(_Y2).sum()
+
+
+SCENARIOS = {
+    "banana 2-d": (banana_samples, banana_likelihood),
+    "logistic posterior 5-d": (logistic_samples, logistic_likelihood),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# priors
+# ----------------------------------------------------------------------------------------------
+
+
+def fit_flowjax(key, samples, max_epochs):
+    """flowjax RQS coupling flow on standardised samples, then the affine map back."""
+    from flowjax.bijections import Affine, RationalQuadraticSpline
+    from flowjax.distributions import Normal, Transformed
+    from flowjax.flows import coupling_flow
+    from flowjax.train import fit_to_data
+
+    key_init, key_fit = jax.random.split(key)
+    mean, sd = samples.mean(0), samples.std(0)
+    flow = coupling_flow(key_init, base_dist=Normal(jnp.zeros(samples.shape[1])),
+                         transformer=RationalQuadraticSpline(knots=8, interval=4))
+    flow, losses = fit_to_data(key_fit, flow, (samples - mean) / sd, max_epochs=max_epochs,
+                               max_patience=10, batch_size=256, show_progress=False)
+    return Transformed(flow, Affine(mean, sd)), len(losses["train"])
+
+
+def models(likelihood):
+    """The model for each method: (model, how the prior is passed)."""
+    from flowjax.experimental.numpyro import distribution_to_numpyro
+
+    def si_model(prior):
+        theta = numpyro.sample("theta", prior)
+        numpyro.factor("likelihood", likelihood(theta))
+
+    def flowjax_model(prior):
+        theta = numpyro.sample("theta", distribution_to_numpyro(prior))
+        numpyro.factor("likelihood", likelihood(theta))
+
+    latent = {"theta": nsi.FlowReparam()}
+    return {
+        "SIFlow density": (si_model, "siflow"),
+        "SIFlow latent": (reparam(si_model, config=latent), "siflow"),
+        "SIFlow latent, 8 steps": (reparam(si_model, config=latent), "siflow8"),
+        "flowjax density": (flowjax_model, "flowjax"),
+        "flowjax latent": (reparam(flowjax_model, config={"theta": TransformReparam()}),
+                           "flowjax"),
+    }
+
+
+def gradient_ms(model, prior, draws, n_points=50):
+    """Steady-state cost of one potential-energy value and gradient, in CPU ms: one jitted
+    `lax.map` over `n_points` posterior draws (the ODE's adaptive step count depends on the
+    point), so that, as inside NUTS, no Python dispatch is timed; the best of three runs after
+    compilation. CPU time of this process, not wall time: the cores are shared with other jobs,
+    which stretch wall time by a varying factor."""
+    init = initialize_model(jax.random.key(0), model, model_args=(prior,))
+    sites = list(init.param_info.z)
+    # every site here is real-valued (theta or theta_base), so draws are unconstrained values
+    index = np.linspace(0, len(draws[sites[0]]) - 1, n_points).astype(int)
+    points = {site: jnp.asarray(draws[site])[index] for site in sites}
+    evaluate = jax.jit(lambda p: jax.lax.map(jax.value_and_grad(init.potential_fn), p))
+    jax.block_until_ready(evaluate(points))
+    times = []
+    for _ in range(3):
+        tic = time.process_time()
+        jax.block_until_ready(evaluate(points))
+        times.append((time.process_time() - tic) / n_points * 1e3)
+    return min(times)
+
+
+def run_nuts(key, model, prior, warmup, samples):
+    mcmc = MCMC(NUTS(model), num_warmup=warmup, num_samples=samples, progress_bar=False)
+    tic, cpu = time.perf_counter(), time.process_time()
+    mcmc.run(key, prior, extra_fields=("num_steps", "diverging"))
+    wall, cpu = time.perf_counter() - tic, time.process_time() - cpu
+    draws = mcmc.get_samples()
+    theta = np.asarray(draws["theta"])
+    extra = mcmc.get_extra_fields()
+    ess = float(np.min(effective_sample_size(theta[None])))
+    return dict(theta=theta, draws=draws, ess=ess, gradients=int(np.sum(extra["num_steps"])),
+                divergences=int(np.sum(extra["diverging"])), wall=wall, cpu=cpu)
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------
+
+
+def machine_description() -> str:
+    import flowjax
+
+    versions = (f"jax {jax.__version__}, numpyro {numpyro.__version__}, flowjax"
+                f" {getattr(flowjax, '__version__', '?')}, numpyro_si {nsi.__version__}")
+    return (f"{platform.machine()} {platform.processor() or 'cpu'}, {os.cpu_count()} cores shared"
+            f" with other jobs (load average {os.getloadavg()[0]:.1f} at the end), Python"
+            f" {platform.python_version()}, {versions}, float32")
+
+
+def write_region(text_lines: list[str], out: Path = OUT) -> None:
+    """Replace the region between START and END (or append it); the rest of the file is kept.
+    Read just before writing, since other benchmarks write other regions of the same file."""
+    region = "\n".join([START, *text_lines, END])
+    text = out.read_text() if out.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        text = text[: text.index(START)] + region + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + region + "\n"
+    out.write_text(text)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings; writes nothing")
+    parser.add_argument("--no-write", action="store_true", help="print the table only")
+    args = parser.parse_args(argv)
+    n_samples, warmup, samples = (2000, 100, 200) if args.quick else (10_000, 500, 1500)
+    fit_options = dict(max_steps=300) if args.quick else {}
+    flowjax_epochs = 3 if args.quick else 100
+
+    rows, notes = [], []
+    print(HEADER, flush=True)
+    for index, (scenario, (draw, likelihood)) in enumerate(SCENARIOS.items()):
+        keys = jax.random.split(jax.random.key(index), 6)
+        prior_samples = draw(keys[0], n_samples)
+        heldout = draw(keys[1], 2000)
+        tic = time.perf_counter()
+        flow, history = nsi.fit(keys[2], prior_samples, show_progress=False, **fit_options)
+        si_time = time.perf_counter() - tic
+        tic = time.perf_counter()
+        flowjax_flow, epochs = fit_flowjax(keys[3], prior_samples, flowjax_epochs)
+        fj_time = time.perf_counter() - tic
+        si_nll = -float(jnp.mean(jax.jit(lambda f, x: f.log_prob(x))(flow, heldout)))
+        fj_nll = -float(jnp.mean(eqx.filter_jit(lambda f, x: f.log_prob(x))(flowjax_flow, heldout)))
+        notes.append(
+            f"- {scenario}: {n_samples} prior samples; `nsi.fit` {history['num_steps']} steps in"
+            f" {si_time:.0f} s, held-out NLL {si_nll:.3f}; flowjax {epochs} epochs in"
+            f" {fj_time:.0f} s, held-out NLL {fj_nll:.3f} (2000 held-out samples)."
+        )
+        priors = {"siflow": flow, "siflow8": flow.with_sampler(n_steps=8),
+                  "flowjax": flowjax_flow}
+        for name, (model, prior_name) in models(likelihood).items():
+            prior = priors[prior_name]
+            result = run_nuts(keys[4], model, prior, warmup, samples)
+            cost = gradient_ms(model, prior, result["draws"])
+            per_1000 = 1000 * result["ess"] / result["gradients"]
+            per_second = result["ess"] / (result["gradients"] * cost / 1e3)
+            mean = ", ".join(f"{m:.2f}" for m in result["theta"].mean(0))
+            divergences = f" ({result['divergences']} divergent)" if result["divergences"] else ""
+            row = (
+                f"| {scenario} | {name} | {cost:.2f} | {result['gradients']} |"
+                f" {result['ess']:.0f}{divergences} | {per_1000:.1f} | {per_second:.0f} |"
+                f" {result['cpu']:.0f} | {mean} |"
+            )
+            print(row, flush=True)
+            rows.append(row)
+
+    if args.quick or args.no_write:
+        return
+    command = "`.venv/bin/python benchmarks/priors.py`"
+    write_region([
+        "## learned priors under NUTS: SIFlow (density and latent routes) against flowjax",
+        "",
+        f"Command: {command}. Machine: {machine_description()}.",
+        "",
+        f"NUTS, one chain, {warmup} warm-up and {samples} sampling iterations, target acceptance"
+        " 0.8, same key for every prior. Gradients: leapfrog steps of the sampling phase. ESS is"
+        " NumPyro's bulk ESS of theta, the minimum over coordinates. ms per gradient: CPU time of"
+        " one potential value and gradient (jitted `lax.map` over 50 posterior draws, best of"
+        " three). ESS per CPU second = ESS / (gradients x ms per gradient): the steady-state"
+        " sampling speed without compilation. NUTS CPU time: the whole run (compilation,"
+        " warm-up, sampling). Times are CPU, not wall, because the cores were shared with other"
+        " jobs (wall time stretched by a varying factor). The SIFlow and flowjax priors are"
+        " different fits of the same samples, so their posteriors agree only up to the fits'"
+        " errors.",
+        "",
+        *notes,
+        "",
+        HEADER,
+        "| " + " | ".join(["---"] * 9) + " |",
+        *rows,
+    ])
+    print(f"wrote the priors section of {OUT}")
+
+
+if __name__ == "__main__":
+    main()
