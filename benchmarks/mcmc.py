@@ -460,6 +460,18 @@ def write_region(out: Path, rows: list[str], header_lines: list[str]):
             if line.startswith("| ") and not line.startswith(("| target", "| ---"))
             and tuple(line.split("|")[1:3]) not in new_keys
         ]
+        # the rows kept come from earlier runs: name every command that produced the table
+        import re
+
+        old_commands = re.findall(r"`([^`]*benchmarks/mcmc.py[^`]*)`", old.split("\n\n")[0])
+        new_commands = re.findall(r"`([^`]*benchmarks/mcmc.py[^`]*)`", header_lines[0])
+        commands = list(dict.fromkeys(old_commands + new_commands))
+        first = header_lines[0]
+        rest = first[first.index("Machine:"):]
+        header_lines = [
+            "Commands (rows from each run): " + ", ".join(f"`{c}`" for c in commands) + ". " + rest,
+            *header_lines[1:],
+        ]
     order = {name: i for i, name in enumerate(TARGETS)}
     methods = [label for label, _ in METHODS.values()]
 
