@@ -838,7 +838,15 @@ def _write_store(store: Path, results: dict, *, datasets, solver, throughput=Fal
     --methods or --datasets may have written since) and write atomically."""
     current = _read_store(store, False)
     for name in datasets:
-        current["datasets"][name] = results["datasets"][name]
+        entry = dict(results["datasets"][name])
+        run = {r["method"] for r in entry["rows"]}
+        kept = [r for r in current["datasets"].get(name, {}).get("rows", [])
+                if r["method"] not in run]
+        entry["rows"] = sorted(
+            kept + entry["rows"],
+            key=lambda r: list(METHODS).index(r["method"]) if r["method"] in METHODS else 99,
+        )
+        current["datasets"][name] = entry
     for name in solver:
         current["solver"][name] = results["solver"][name]
     if throughput:
