@@ -923,12 +923,6 @@ def main(argv=None):
                 f" / {row.get('nfe_sample', float('nan')):.1f}",
                 flush=True,
             )
-        # rows of methods not run now are kept (from the stored file, re-read just before
-        # writing, so runs with different --methods can share the store)
-        stored = _read_store(store, args.quick)["datasets"].get(name, {})
-        run_methods = {r["method"] for r in rows}
-        rows = [r for r in stored.get("rows", []) if r["method"] not in run_methods] + rows
-        rows.sort(key=lambda r: list(METHODS).index(r["method"]) if r["method"] in METHODS else 99)
         results["datasets"][name] = {
             "dim": data.dim, "n_train": int(data.train.shape[0]),
             "n_test": int(data.test.shape[0]), "description": data.description,

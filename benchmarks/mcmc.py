@@ -50,6 +50,7 @@ import json
 import logging
 import math
 import platform
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -461,8 +462,6 @@ def write_region(out: Path, rows: list[str], header_lines: list[str]):
             and tuple(line.split("|")[1:3]) not in new_keys
         ]
         # the rows kept come from earlier runs: name every command that produced the table
-        import re
-
         old_commands = re.findall(r"`([^`]*benchmarks/mcmc.py[^`]*)`", old.split("\n\n")[0])
         new_commands = re.findall(r"`([^`]*benchmarks/mcmc.py[^`]*)`", header_lines[0])
         commands = list(dict.fromkeys(old_commands + new_commands))
