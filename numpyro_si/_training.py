@@ -121,6 +121,7 @@ def fit(
     max_epochs: int | None = None,
     learning_rate: float = 5e-3,
     optimizer: optax.GradientTransformation | None = None,
+    ema_decay: float | None = None,
     val_prop: float = 0.1,
     val_repeats: int = 8,
     max_patience: int | None = None,
@@ -170,6 +171,9 @@ def fit(
     - `antithetic`: antithetic estimators where gamma > 0.
     - `batch_size`, `learning_rate`, `optimizer` (default Adam with warm-up and cosine decay
       over `max_steps`).
+    - `ema_decay`: keep an exponential moving average of the parameters with this decay (e.g.
+      0.999; the decay ramps up as min(ema_decay, (1 + k) / (10 + k)) at step k), validate it and
+      return it instead of the raw parameters. Default `None`: no average.
     - `max_steps`: optimiser-step budget; `max_epochs` (default: enough epochs for `max_steps`).
     - `val_prop`: fraction held out for validation (0 disables early stopping); `val_repeats`
       noise draws per validation point; `max_patience`: epochs without improvement before
@@ -238,6 +242,8 @@ def fit(
         raise ValueError(f"val_prop must be in [0, 1), got {val_prop}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}.")
 
     dtype = data.dtype
     key_split, key_vel, key_score, key_train, key_val = jax.random.split(key, 5)
@@ -346,16 +352,23 @@ def fit(
         optimizer = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
 
     params, static = eqx.partition(networks, eqx.is_inexact_array)
-    opt_state = optimizer.init(params)
+    # the optimiser state carries the raw parameters' moments and, with ema_decay, the average
+    # and a step count: (opt_state, ema, count)
+    opt_state = (optimizer.init(params), params if ema_decay is not None else None,
+                 jnp.zeros((), jnp.int32))
 
     def step(carry, inputs):
-        params, opt_state = carry
+        params, (opt_state, ema, count) = carry
         batch, k_step = inputs
         loss, grads = jax.value_and_grad(
             lambda p: batch_loss(eqx.combine(p, static), k_step, batch)
         )(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
+        params = optax.apply_updates(params, updates)
+        if ema is not None:
+            decay = jnp.minimum(ema_decay, (1.0 + count) / (10.0 + count)).astype(dtype)
+            ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+        return (params, (opt_state, ema, count + 1)), loss
 
     def epoch(carry, k):
         k_perm, k_steps = jax.random.split(k)
@@ -380,6 +393,10 @@ def fit(
         def validation_loss(params):
             return batch_loss(eqx.combine(params, static), key_val, val_repeated)
 
+    def evaluated(params, opt_state):
+        # the parameters validated and returned: the moving average when there is one
+        return params if opt_state[1] is None else opt_state[1]
+
     history_train, history_val, history_epoch = [], [], []
     best_params, best_val, best_epoch, patience = params, jnp.inf, 0, 0
     stopped_early = False
@@ -398,10 +415,11 @@ def fit(
         history_train.append(train_loss)
         history_epoch.append(epochs_done)
         if n_val > 0:
-            val_loss = float(validation_loss(params))
+            current = evaluated(params, opt_state)
+            val_loss = float(validation_loss(current))
             history_val.append(val_loss)
             if val_loss < best_val:
-                best_val, best_params, best_epoch, patience = val_loss, params, epochs_done, 0
+                best_val, best_params, best_epoch, patience = val_loss, current, epochs_done, 0
             else:
                 patience += 1
             bar.set_postfix(epoch=epochs_done, train=f"{train_loss:.4f}", val=f"{val_loss:.4f}",
@@ -410,7 +428,7 @@ def fit(
                 stopped_early = True
                 break
         else:
-            best_params, best_epoch = params, epochs_done
+            best_params, best_epoch = evaluated(params, opt_state), epochs_done
             bar.set_postfix(epoch=epochs_done, train=f"{train_loss:.4f}", refresh=False)
     bar.close()
 

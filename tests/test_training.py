@@ -177,6 +177,38 @@ def test_without_validation_the_last_epoch_is_kept():
     assert history["num_steps"] == 15
 
 
+def test_ema_decay_zero_returns_the_raw_parameters():
+    data = gaussian_data(jax.random.key(0), 300)
+    options = dict(val_prop=0.0, max_epochs=5, batch_size=100, **SMALL)
+    raw, _ = nsi.fit(jax.random.key(1), data, **options)
+    averaged, _ = nsi.fit(jax.random.key(1), data, ema_decay=0.0, **options)
+    for a, b in zip(array_leaves(raw.velocity), array_leaves(averaged.velocity), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_ema_is_the_documented_moving_average_of_the_iterates():
+    """An optimiser that adds 1 to every parameter per step makes the iterates p0 + k, so the
+    average after K steps is known: e <- d_k e + (1 - d_k) p_{k+1}, d_k = min(D, (1+k)/(10+k))."""
+    add_one = optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda updates, state, params=None: (jax.tree.map(jnp.ones_like, updates), state),
+    )
+    data = gaussian_data(jax.random.key(0), 300)
+    decay, n_steps = 0.9, 15
+    flow, history = nsi.fit(jax.random.key(1), data, val_prop=0.0, max_epochs=5, batch_size=100,
+                            optimizer=add_one, ema_decay=decay, **SMALL)
+    assert history["num_steps"] == n_steps
+    untrained, _ = nsi.fit(jax.random.key(1), data, val_prop=0.0, max_epochs=5, batch_size=100,
+                           optimizer=optax.sgd(0.0), **SMALL)
+    ema = 0.0  # offset of the average from p0
+    for k in range(n_steps):
+        d = min(decay, (1.0 + k) / (10.0 + k))
+        ema = d * ema + (1 - d) * (k + 1)
+    assert 0.5 < ema < n_steps - 1  # a real average, neither p0 nor the last iterate
+    for p0, e in zip(array_leaves(untrained.velocity), array_leaves(flow.velocity), strict=True):
+        np.testing.assert_allclose(e, p0 + ema, rtol=1e-5, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------------
 # standardisation, data space
 # ----------------------------------------------------------------------------------------------
@@ -457,3 +489,9 @@ def test_too_little_data_for_the_validation_split(n, val_prop):
 def test_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size must be positive"):
         fit_quick(batch_size=0)
+
+
+@pytest.mark.parametrize("ema_decay", [-0.1, 1.0, 1.5])
+def test_bad_ema_decay(ema_decay):
+    with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+        fit_quick(ema_decay=ema_decay)
