@@ -418,7 +418,7 @@ def machine_description() -> str:
     import numpyro
 
     return (
-        f"{cpu}, {os.cpu_count()} cores (shared with other jobs while it ran), "
+        f"{cpu}, {os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} when it started), "
         f"{platform.system()} {platform.machine()}, Python {sys.version.split()[0]}, "
         f"XLA_FLAGS='{os.environ.get('XLA_FLAGS', '')}', "
         f"jax {jax.__version__} ({jax.default_backend()}), numpyro {numpyro.__version__}, "

@@ -9,9 +9,10 @@ Methods:
 - `SIFlow density`: `numpyro.sample("theta", flow)`; NUTS differentiates the ODE likelihood.
 - `SIFlow latent`: `FlowReparam`: NUTS runs on the flow's base, theta = flow map(z) (adaptive
   solver at the flow's rtol/atol).
-- `SIFlow latent, 8 steps`: the same with a fixed-step map (`flow.with_sampler(n_steps=8)`): the
-  prior is then the discretised map's push-forward, an exact model of its own prior, and the map is
-  smooth in z (no step-size control inside the gradient).
+- `SIFlow latent, 8 steps` and `2 steps`: the same with a fixed-step map
+  (`flow.with_sampler(n_steps=8)`, Tsit5): the prior is then the discretised map's push-forward, an
+  exact model of its own prior, and the map is smooth in z (no step-size control inside the
+  gradient). Fewer steps are cheaper; the push-forward column says what they cost in fidelity.
 - `flowjax density`: `distribution_to_numpyro(flow)` (its spline inverse and log-det).
 - `flowjax latent`: the same with `TransformReparam` (NUTS on the flowjax base).
 
@@ -21,7 +22,11 @@ Reported per method: the CPU cost of one potential-energy gradient (steady state
 (independent of hardware and compilation), ESS per CPU second = ESS / (gradients x cost per
 gradient) (steady state, no compilation), and the CPU time of the whole NUTS run (compilation,
 warm-up and sampling). CPU time, not wall time, because the cores are shared with other jobs.
-Posterior means of theta are printed to check that the methods agree.
+Posterior means of theta are printed to check that the methods agree. Prior fidelity: the sliced
+Wasserstein-1 distance (200 random directions, coordinates standardised by the held-out samples)
+between 4000 draws of the prior as the model sees it (for a latent route: the map it uses) and
+4000 held-out prior samples; the noise floor is the same distance between two independent sets of
+4000 true prior samples.
 
 Run: `.venv/bin/python benchmarks/priors.py` (about 15-20 minutes on 2 shared cores; `--quick`
 for a smoke run that writes nothing). The table goes to `docs/benchmarks.md` between
@@ -53,8 +58,8 @@ import numpyro_si as nsi
 START, END = "<!-- priors:start -->", "<!-- priors:end -->"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 HEADER = (
-    "| scenario | prior | ms per gradient | gradients | min ESS | ESS per 1000 gradients |"
-    " ESS per CPU second | NUTS CPU time (s) | posterior mean of theta |"
+    "| scenario | prior | prior SWD | ms per gradient | gradients | min ESS |"
+    " ESS per 1000 gradients | ESS per CPU second | NUTS CPU time (s) | posterior mean of theta |"
 )
 
 
@@ -158,10 +163,27 @@ def models(likelihood):
         "SIFlow density": (si_model, "siflow"),
         "SIFlow latent": (reparam(si_model, config=latent), "siflow"),
         "SIFlow latent, 8 steps": (reparam(si_model, config=latent), "siflow8"),
+        "SIFlow latent, 2 steps": (reparam(si_model, config=latent), "siflow2"),
         "flowjax density": (flowjax_model, "flowjax"),
         "flowjax latent": (reparam(flowjax_model, config={"theta": TransformReparam()}),
                            "flowjax"),
     }
+
+
+def sliced_wasserstein(key, a, b, reference, n_directions=200):
+    """Sliced Wasserstein-1 distance between equal-sized sample sets a and b, in the coordinates
+    standardised by `reference`'s mean and sd."""
+    mean, sd = reference.mean(0), reference.std(0)
+    a, b = (np.asarray(a) - mean) / sd, (np.asarray(b) - mean) / sd
+    directions = np.asarray(jax.random.normal(key, (n_directions, a.shape[1])))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    return float(np.mean(np.abs(np.sort(a @ directions.T, 0) - np.sort(b @ directions.T, 0))))
+
+
+def prior_draws(prior, prior_name, key, n):
+    if prior_name == "flowjax":
+        return np.asarray(prior.sample(key, (n,)))
+    return np.asarray(jax.jit(lambda k: prior.sample(k, (n,)))(key))
 
 
 def gradient_ms(model, prior, draws, n_points=50):
@@ -240,6 +262,9 @@ def main(argv=None):
         keys = jax.random.split(jax.random.key(index), 6)
         prior_samples = draw(keys[0], n_samples)
         heldout = draw(keys[1], 2000)
+        reference = np.asarray(draw(keys[5], 8000))
+        swd_key = jax.random.key(1000 + index)
+        floor = sliced_wasserstein(swd_key, reference[:4000], reference[4000:], reference)
         tic = time.perf_counter()
         flow, history = nsi.fit(keys[2], prior_samples, show_progress=False, **fit_options)
         si_time = time.perf_counter() - tic
@@ -251,10 +276,18 @@ def main(argv=None):
         notes.append(
             f"- {scenario}: {n_samples} prior samples; `nsi.fit` {history['num_steps']} steps in"
             f" {si_time:.0f} s, held-out NLL {si_nll:.3f}; flowjax {epochs} epochs in"
-            f" {fj_time:.0f} s, held-out NLL {fj_nll:.3f} (2000 held-out samples)."
+            f" {fj_time:.0f} s, held-out NLL {fj_nll:.3f} (2000 held-out samples); prior SWD"
+            f" noise floor {floor:.3f}."
         )
         priors = {"siflow": flow, "siflow8": flow.with_sampler(n_steps=8),
-                  "flowjax": flowjax_flow}
+                  "siflow2": flow.with_sampler(n_steps=2), "flowjax": flowjax_flow}
+        fidelity = {
+            name: sliced_wasserstein(
+                swd_key, prior_draws(prior, name, jax.random.key(7), 4000), reference[:4000],
+                reference,
+            )
+            for name, prior in priors.items()
+        }
         for name, (model, prior_name) in models(likelihood).items():
             prior = priors[prior_name]
             result = run_nuts(keys[4], model, prior, warmup, samples)
@@ -264,7 +297,8 @@ def main(argv=None):
             mean = ", ".join(f"{m:.2f}" for m in result["theta"].mean(0))
             divergences = f" ({result['divergences']} divergent)" if result["divergences"] else ""
             row = (
-                f"| {scenario} | {name} | {cost:.2f} | {result['gradients']} |"
+                f"| {scenario} | {name} | {fidelity[prior_name]:.3f} | {cost:.2f} |"
+                f" {result['gradients']} |"
                 f" {result['ess']:.0f}{divergences} | {per_1000:.1f} | {per_second:.0f} |"
                 f" {result['cpu']:.0f} | {mean} |"
             )
@@ -288,12 +322,15 @@ def main(argv=None):
         " warm-up, sampling). Times are CPU, not wall, because the cores were shared with other"
         " jobs (wall time stretched by a varying factor). The SIFlow and flowjax priors are"
         " different fits of the same samples, so their posteriors agree only up to the fits'"
-        " errors.",
+        " errors. Prior SWD: sliced Wasserstein-1 distance (200 directions, standardised"
+        " coordinates) between 4000 draws of the prior the model uses (a latent route: its map's"
+        " push-forward) and 4000 held-out prior samples; compare with the noise floor (two sets"
+        " of true prior samples) in the notes.",
         "",
         *notes,
         "",
         HEADER,
-        "| " + " | ".join(["---"] * 9) + " |",
+        "| " + " | ".join(["---"] * 10) + " |",
         *rows,
     ])
     print(f"wrote the priors section of {OUT}")
