@@ -105,6 +105,9 @@ def _budget_seconds(wall: float, cpu: float) -> float:
     return cpu if _CLOCK["name"] == "cpu" else wall
 
 
+MIN_PILOT_GAP = 8.0  # seconds
+
+
 def calibrate(cache_key, run: Callable[[int], tuple[int, float]], small: int, large: int):
     """(steps per second, overhead seconds) from pilot runs of `small` and `large` steps, after a
     warm-up run; `run(steps)` returns (steps taken, seconds). Cached under `cache_key` (method,
@@ -112,7 +115,17 @@ def calibrate(cache_key, run: Callable[[int], tuple[int, float]], small: int, la
     size, and the overhead is mostly compilation."""
     if cache_key not in _CALIBRATION:
         run(small)  # warm-up: one-time compilations (data, keys, ...) that later runs reuse
-        (n_small, t_small), (n_large, t_large) = run(small), run(large)
+        # Each pilot recompiles, and compilation time varies by seconds between calls: take the
+        # faster of two short pilots, and lengthen the long one until it takes at least
+        # MIN_PILOT_GAP seconds more, so that the difference measures training steps, not noise.
+        n_small, t_small = min((run(small) for _ in range(2)), key=lambda r: r[1])
+        n_large, t_large = run(large)
+        while t_large - t_small < MIN_PILOT_GAP and large < 16 * small:
+            large *= 4
+            n_longer, t_longer = run(large)
+            if n_longer <= n_large:  # early stopping ends the pilot: no longer run to be had
+                break
+            n_large, t_large = n_longer, t_longer
         rate = (n_large - n_small) / max(t_large - t_small, 1e-3)
         overhead = max(t_small - n_small / rate, 0.0)
         _CALIBRATION[cache_key] = (rate, overhead)
