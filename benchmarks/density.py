@@ -571,10 +571,11 @@ def render(results: dict) -> str:
         + "."
         + (" **Quick smoke run (small data, budgets of ~10 s): it checks the pipeline; its"
            " numbers are not evidence.**" if meta.get("quick") else ""),
-        f"Machine: {meta['machine']}; numpyro_si {meta.get('code', '')}. The cores were shared"
-        " with other engineers' jobs, so budgets and rates are in this process's CPU seconds"
-        " (`--clock cpu`, the default), which count the compute a method actually received;"
-        " wall-clock seconds are shown too. Compare ratios measured in the same run.",
+        f"Machine: {meta['machine']}; numpyro_si {meta.get('code', '')}. Budgets and rates"
+        " are in this process's CPU seconds (`--clock cpu`, the default), which count the"
+        " compute a method actually received whatever else ran; wall-clock seconds are shown"
+        " too. All rows of a data set come from one process (its command is named in the"
+        " reference values below); compare ratios within a data set.",
         "",
         "Every method trains on the same split with batch size 512 and the same training budget"
         f" ({meta.get('clock', 'cpu')} seconds: {meta['budgets']}); `nsi.fit` and flowjax"
@@ -628,6 +629,8 @@ def render(results: dict) -> str:
             text += f"; exact entropy {entry['entropy']:.3f} nats (the NLL gap is the KL)"
         for note in entry.get("notes", []):
             text += f"; {note}"
+        if entry.get("command"):
+            text += f"; rows from `{entry['command']}`"
         lines.append(text + f". Figure: [`{name}.png`](figures/density/{name}.png).")
 
     # goals

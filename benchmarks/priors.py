@@ -175,7 +175,7 @@ def sliced_wasserstein(key, a, b, reference, n_directions=200):
     standardised by `reference`'s mean and sd."""
     mean, sd = reference.mean(0), reference.std(0)
     a, b = (np.asarray(a) - mean) / sd, (np.asarray(b) - mean) / sd
-    directions = np.asarray(jax.random.normal(key, (n_directions, a.shape[1])))
+    directions = np.array(jax.random.normal(key, (n_directions, a.shape[1])))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     return float(np.mean(np.abs(np.sort(a @ directions.T, 0) - np.sort(b @ directions.T, 0))))
 
