@@ -1,0 +1,44 @@
+"""Can an SIFlow fitted to exact phi^4 draws propose well? Importance-sampling ESS against fit steps.
+
+NumPyro NUTS draws from the phi ~ +1 mode of the `benchmarks/mcmc.py` phi^4 target (8 chains x 500),
+mirrored to both modes; `nsi.fit` on the whitened draws (as `adaptive.run` does), then
+`importance_diagnostics` of the flow against the target (256 draws). Separates the flow's accuracy
+from the quality of the chains' training data in the MCMC benchmark.
+
+Run: `.venv/bin/python benchmarks/phi4_flow_check.py 1000,4000 [learning_rate]` (~3 minutes).
+"""
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import jax
+import jax.numpy as jnp
+import mcmc as M
+import numpy as np
+from numpyro.infer import MCMC, NUTS
+
+import numpyro_si as nsi
+from numpyro_si.diagnostics import importance_diagnostics
+from numpyro_si.inference.adaptive import whitened_flow
+
+tic = time.time()
+mc = MCMC(NUTS(potential_fn=lambda x: -M.phi4_logdensity(x)), num_warmup=300, num_samples=500,
+          num_chains=8, chain_method="vectorized", progress_bar=False)
+init = jnp.ones((8, 64)) + 0.05 * jax.random.normal(jax.random.key(1), (8, 64))
+mc.run(jax.random.key(0), init_params=init)
+x = np.asarray(mc.get_samples())
+x = np.concatenate([x, -x])  # both modes, weight 1/2
+print("nuts samples", x.shape, "mean phi^2", (x**2).mean(), f"{time.time()-tic:.0f}s", flush=True)
+shift = x.mean(0)
+chol = np.linalg.cholesky(np.cov(x.T) + 1e-6 * np.eye(64))
+w = np.linalg.solve(chol, (x - shift).T).T
+for steps in [int(s) for s in sys.argv[1].split(",")]:
+    tic = time.time()
+    fw, h = nsi.fit(jax.random.key(2), jnp.asarray(w, jnp.float32), standardize=False, max_steps=steps,
+                    learning_rate=float(sys.argv[2]) if len(sys.argv) > 2 else 2e-3, show_progress=False)
+    flow = whitened_flow(fw, shift, chol)
+    t_fit = time.time() - tic
+    tic = time.time()
+    d = importance_diagnostics(jax.random.key(3), flow, M.phi4_logdensity, n=256)
+    print(steps, f"fit {t_fit:.0f}s is {time.time()-tic:.0f}s", d, flush=True)
