@@ -20,7 +20,7 @@ from numpyro.infer import MCMC, NUTS
 
 import numpyro_si as nsi
 from numpyro_si.diagnostics import importance_diagnostics
-from numpyro_si.inference.adaptive import whitened_flow
+from numpyro_si.inference.adaptive import _whitening, whitened_flow
 
 tic = time.time()
 mc = MCMC(NUTS(potential_fn=lambda x: -M.phi4_logdensity(x)), num_warmup=300, num_samples=500,
@@ -30,8 +30,7 @@ mc.run(jax.random.key(0), init_params=init)
 x = np.asarray(mc.get_samples())
 x = np.concatenate([x, -x])  # both modes, weight 1/2
 print("nuts samples", x.shape, "mean phi^2", (x**2).mean(), f"{time.time()-tic:.0f}s", flush=True)
-shift = x.mean(0)
-chol = np.linalg.cholesky(np.cov(x.T) + 1e-6 * np.eye(64))
+shift, chol = _whitening(x)  # adaptive.run's own whitening
 w = np.linalg.solve(chol, (x - shift).T).T
 for steps in [int(s) for s in sys.argv[1].split(",")]:
     tic = time.time()

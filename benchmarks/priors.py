@@ -99,7 +99,6 @@ def logistic_samples(key, n):
     """Posterior draws of a 5-coefficient logistic regression (study 1, 40 observations, N(0, 2.5^2)
     prior): the "posterior as prior" use, skewed and correlated. Study 1 is fixed; `key` only
     drives the MCMC, so held-out and reference draws come from the same posterior."""
-    key_mcmc = key
     x, y = logistic_study(jax.random.key(100), 40)
 
     def model():
@@ -108,7 +107,7 @@ def logistic_samples(key, n):
 
     mcmc = MCMC(NUTS(model), num_warmup=500, num_samples=n // 2, num_chains=2,
                 chain_method="sequential", progress_bar=False)
-    mcmc.run(key_mcmc)
+    mcmc.run(key)
     return mcmc.get_samples()["beta"]
 
 

@@ -352,10 +352,10 @@ def fit(
         optimizer = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
 
     params, static = eqx.partition(networks, eqx.is_inexact_array)
-    # the optimiser state carries the raw parameters' moments and, with ema_decay, the average
-    # and a step count: (opt_state, ema, count)
-    opt_state = (optimizer.init(params), params if ema_decay is not None else None,
-                 jnp.zeros((), jnp.int32))
+    # what training carries besides the parameters: the optimiser's state and, with ema_decay,
+    # the average and a step count
+    state = (optimizer.init(params), params if ema_decay is not None else None,
+             jnp.zeros((), jnp.int32))
 
     def step(carry, inputs):
         params, (opt_state, ema, count) = carry
@@ -381,10 +381,10 @@ def fit(
         return carry, jnp.mean(losses)
 
     @eqx.filter_jit
-    def run_round(params, opt_state, k):
+    def run_round(params, state, k):
         keys = jax.random.split(k, epochs_per_round)
-        (params, opt_state), losses = jax.lax.scan(epoch, (params, opt_state), keys)
-        return params, opt_state, jnp.mean(losses)
+        (params, state), losses = jax.lax.scan(epoch, (params, state), keys)
+        return params, state, jnp.mean(losses)
 
     if n_val > 0:
         val_repeated = jax.tree.map(lambda a: jnp.tile(a, (val_repeats, 1)), val_set)
@@ -393,9 +393,10 @@ def fit(
         def validation_loss(params):
             return batch_loss(eqx.combine(params, static), key_val, val_repeated)
 
-    def evaluated(params, opt_state):
+    def evaluated(params, state):
         # the parameters validated and returned: the moving average when there is one
-        return params if opt_state[1] is None else opt_state[1]
+        ema = state[1]
+        return params if ema is None else ema
 
     history_train, history_val, history_epoch = [], [], []
     best_params, best_val, best_epoch, patience = params, jnp.inf, 0, 0
@@ -404,7 +405,7 @@ def fit(
                unit="round" if epochs_per_round > 1 else "epoch")
     for round_index in bar:
         key_train, key_round = jax.random.split(key_train)
-        params, opt_state, train_loss = run_round(params, opt_state, key_round)
+        params, state, train_loss = run_round(params, state, key_round)
         epochs_done = (round_index + 1) * epochs_per_round
         train_loss = float(train_loss)
         if not math.isfinite(train_loss):
@@ -415,7 +416,7 @@ def fit(
         history_train.append(train_loss)
         history_epoch.append(epochs_done)
         if n_val > 0:
-            current = evaluated(params, opt_state)
+            current = evaluated(params, state)
             val_loss = float(validation_loss(current))
             history_val.append(val_loss)
             if val_loss < best_val:
@@ -428,7 +429,7 @@ def fit(
                 stopped_early = True
                 break
         else:
-            best_params, best_epoch = evaluated(params, opt_state), epochs_done
+            best_params, best_epoch = evaluated(params, state), epochs_done
             bar.set_postfix(epoch=epochs_done, train=f"{train_loss:.4f}", refresh=False)
     bar.close()
 
