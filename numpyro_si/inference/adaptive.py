@@ -11,9 +11,13 @@ For an unnormalised target pi of unknown shape, `run` alternates two things duri
    chains);
 2. **fitting rounds**: the flow is (re)fitted by `numpyro_si.fit` (the interpolant objectives) to
    the states all chains visited in the latest sampling round, warm-started from the previous
-   round's velocity network. By default the states are first whitened by their mean and
-   covariance (`whitened_flow`): a correlated target then looks roughly isotropic to the network,
-   and the density stays exact (the linear map only adds a constant log-Jacobian).
+   round's velocity network. By default the states are first whitened (`whitened_flow`) by their
+   mean and within-chain covariance, measured once on the first (local-only) round and kept for
+   every refit: a correlated target then looks roughly isotropic to the network, the density
+   stays exact (the linear map only adds a constant log-Jacobian), and chains stuck in different
+   modes keep the modes' separation as a direction of large variance, which the network finds
+   at once (whitened by the pooled covariance, a 64-d phi^4 field's two modes became a direction
+   of unit variance that the network never learned: docs/benchmarks.md).
 
 Then the flow and the step size are frozen and `n_production` transitions of the same `mixed`
 kernel are run: a fixed pi-invariant kernel, so the production draws are a valid MCMC.
@@ -187,14 +191,32 @@ def whitened_flow(
     )
 
 
-def _whitening(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and lower Cholesky factor of the covariance of `points` (n, d), with a ridge of
-    1e-6 times the mean variance so that a rank-deficient sample still factorises."""
-    shift = points.mean(axis=0)
-    covariance = np.atleast_2d(np.cov(points, rowvar=False))
-    ridge = 1e-6 * max(float(np.trace(covariance)) / points.shape[1], 1e-12)
-    chol = np.linalg.cholesky(covariance + ridge * np.eye(points.shape[1]))
-    return shift.astype(points.dtype), chol.astype(points.dtype)
+def _whitening(path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and lower Cholesky factor of the within-chain covariance of a time-ordered
+    `(draws, chains, d)` path (each chain's covariance about its own mean, averaged over the
+    chains: the W of R-hat), with a ridge of 1e-6 times the mean variance so that a
+    rank-deficient sample still factorises. A `(n, d)` array is one chain.
+
+    Why within-chain: chains stuck in different modes differ in their means, and the pooled
+    covariance would whiten that between-mode spread to unit variance too. The flow then has
+    to find the mode direction from higher moments alone, which a network trained by SGD does
+    only after a plateau that lengthens with d (the phi^4 study in docs/benchmarks.md: in 64-d it
+    never left it). The within-chain covariance keeps the modes' separation as a direction of
+    large variance.
+    """
+    if path.ndim == 2:
+        path = path[:, None]
+    if path.shape[0] < 2:  # one draw per chain: no within-chain spread to measure
+        path = path.reshape(1, -1, path.shape[-1]).swapaxes(0, 1)
+    d = path.shape[-1]
+    shift = path.reshape(-1, d).mean(axis=0)
+    centred = (path - path.mean(axis=0)).astype(np.float64)
+    covariance = np.einsum("tci,tcj->ij", centred, centred) / (
+        (path.shape[0] - 1) * path.shape[1]
+    )
+    ridge = 1e-6 * max(float(np.trace(covariance)) / d, 1e-12)
+    chol = np.linalg.cholesky(covariance + ridge * np.eye(d))
+    return shift.astype(path.dtype), chol.astype(path.dtype)
 
 
 class _Local(NamedTuple):
@@ -384,8 +406,9 @@ def run(
       the settings of the MCMC benchmark (docs/benchmarks.md).
     - `max_training_points`: cap on each round's training set (every local step's state of
       every chain, thinned evenly in time).
-    - `whiten`: fit the flow to the training points whitened by their mean and covariance
-      (Cholesky), `whitened_flow`, so correlated targets are well conditioned; `False` uses
+    - `whiten`: fit the flow to the training points whitened by their mean and within-chain
+      covariance (Cholesky; measured on the first round's path and then fixed),
+      `whitened_flow`, so correlated targets are well conditioned; `False` uses
       `fit`'s per-coordinate standardisation (and allows other interpolants in `fit_options`).
     - `flow_tol`: `rtol = atol` of the flow's ODE solves in the MH ratio (default 1e-7 in
       float64, 1e-5 in float32).
@@ -568,7 +591,10 @@ def run(
             previous = flow.velocity
             options["velocity_network"] = previous.network if whiten else previous
         if whiten:
-            shift, chol = _whitening(training)
+            if round_index == 0:
+                # fixed from the first (local-only) round: the same coordinates for every
+                # warm-started refit, and chains not yet moved between modes by the flow
+                shift, chol = _whitening(path)
             whitened = np.linalg.solve(chol, (training - shift).T).T.astype(training.dtype)
             new_flow, fit_history = fit(
                 key_round, whitened, max_steps=fit_steps[round_index], sampler="ode",

@@ -80,6 +80,31 @@ def test_whitened_flow_is_the_linear_image_of_the_whitened_flow(x64):
         )
 
 
+def test_whitening_uses_the_within_chain_covariance():
+    """Two chains with different means: the whitening covariance is the within-chain one (each
+    chain about its own mean, averaged), not the pooled one that includes the between-chain
+    spread; an (n, d) array is one chain (the ordinary sample covariance)."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 3)) @ np.diag([1.0, 2.0, 0.5])
+    b = rng.normal(size=(200, 3)) + np.array([10.0, 0.0, 0.0])
+    shift, chol = adaptive._whitening(np.stack([a, b], axis=1))  # (draws, chains, d)
+    within = (np.cov(a, rowvar=False) + np.cov(b, rowvar=False)) / 2
+    ridge = 1e-6 * np.trace(within) / 3
+    np.testing.assert_allclose(chol @ chol.T, within + ridge * np.eye(3), rtol=1e-10)
+    np.testing.assert_allclose(shift, np.concatenate([a, b]).mean(axis=0), rtol=1e-12)
+    assert np.allclose(np.tril(chol), chol)
+    # the pooled covariance would have variance ~26 along x0; the within one keeps it ~1
+    assert (chol @ chol.T)[0, 0] < 1.5
+    shift, chol = adaptive._whitening(a)
+    pooled = np.cov(a, rowvar=False)
+    np.testing.assert_allclose(chol @ chol.T, pooled + 1e-6 * np.trace(pooled) / 3 * np.eye(3),
+                               rtol=1e-10)
+    # one draw per chain: no within-chain spread, so the chains are pooled
+    shift, chol = adaptive._whitening(a[None])
+    np.testing.assert_allclose(chol @ chol.T, pooled + 1e-6 * np.trace(pooled) / 3 * np.eye(3),
+                               rtol=1e-10)
+
+
 def test_bad_inputs():
     target, _, _ = mixture_problem()
     good = split_start(target)
