@@ -13,6 +13,9 @@ Methods:
   (`flow.with_sampler(n_steps=8)`, Tsit5): the prior is then the discretised map's push-forward, an
   exact model of its own prior, and the map is smooth in z (no step-size control inside the
   gradient). Fewer steps are cheaper; the push-forward column says what they cost in fidelity.
+- `SIFlow latent, 2 midpoint steps`: two steps of the explicit midpoint rule
+  (`flow.with_sampler(solver=diffrax.Midpoint(), n_steps=2)`): 4 velocity evaluations per map
+  against ~12 for two Tsit5 steps.
 - `flowjax density`: `distribution_to_numpyro(flow)` (its spline inverse and log-det).
 - `flowjax latent`: the same with `TransformReparam` (NUTS on the flowjax base).
 
@@ -41,6 +44,7 @@ import platform
 import time
 from pathlib import Path
 
+import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -164,6 +168,7 @@ def models(likelihood):
         "SIFlow latent": (reparam(si_model, config=latent), "siflow"),
         "SIFlow latent, 8 steps": (reparam(si_model, config=latent), "siflow8"),
         "SIFlow latent, 2 steps": (reparam(si_model, config=latent), "siflow2"),
+        "SIFlow latent, 2 midpoint steps": (reparam(si_model, config=latent), "siflow2m"),
         "flowjax density": (flowjax_model, "flowjax"),
         "flowjax latent": (reparam(flowjax_model, config={"theta": TransformReparam()}),
                            "flowjax"),
@@ -280,7 +285,9 @@ def main(argv=None):
             f" noise floor {floor:.3f}."
         )
         priors = {"siflow": flow, "siflow8": flow.with_sampler(n_steps=8),
-                  "siflow2": flow.with_sampler(n_steps=2), "flowjax": flowjax_flow}
+                  "siflow2": flow.with_sampler(n_steps=2),
+                  "siflow2m": flow.with_sampler(solver=diffrax.Midpoint(), n_steps=2),
+                  "flowjax": flowjax_flow}
         fidelity = {
             name: sliced_wasserstein(
                 swd_key, prior_draws(prior, name, jax.random.key(7), 4000), reference[:4000],
