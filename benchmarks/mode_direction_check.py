@@ -38,7 +38,7 @@ def main():
             flow, history = nsi.fit(jax.random.key(2), jnp.asarray(x), standardize=False,
                                     max_steps=2000, show_progress=False)
             seconds = time.perf_counter() - tic
-            draws = np.asarray(jax.jit(lambda k: flow.sample(k, (2000,)))(jax.random.key(5)))
+            draws = np.asarray(jax.jit(lambda k, flow=flow: flow.sample(k, (2000,)))(jax.random.key(5)))
             in_mode = np.mean(np.abs(np.abs(draws[:, 0]) - centre) < 3 * sd)
             label = "spread (+-8, sd 1)" if spread else "whitened (+-1, sd 0.05)"
             print(f"| {d} | {label} | {in_mode:.3f} | {history['val_loss'][-1]:.3f} |"

@@ -46,7 +46,7 @@ for steps in [int(s) for s in sys.argv[1].split(",")]:
     t_fit = time.time() - tic
     tic = time.time()
     d = importance_diagnostics(jax.random.key(3), flow, M.phi4_logdensity, n=256)
-    draws = np.asarray(jax.jit(lambda k: flow.sample(k, (1000,)))(jax.random.key(4)))
+    draws = np.asarray(jax.jit(lambda k, flow=flow: flow.sample(k, (1000,)))(jax.random.key(4)))
     in_mode = np.mean(np.abs(np.abs(draws.mean(axis=1)) - 1.0) < 0.2)  # mean field near +-1
     print(steps, "pooled" if pooled else "within-chain", f"fit {t_fit:.0f}s is {time.time()-tic:.0f}s",
           d, f"draws with mean field within 0.2 of +-1: {in_mode:.3f} (data: 1.000)", flush=True)
