@@ -18,10 +18,11 @@ import jax.numpy as jnp
 
 import numpyro_si as nsi
 
-# Measured when fit's defaults were the one-sided linear interpolant with lr 2e-3; every row
-# spells that baseline out (BASE), so the table keeps its meaning after the defaults changed to the
-# trigonometric interpolant with lr 5e-3 (evidence: benchmarks/density.py --config-study).
-BASE = dict(interpolant=nsi.OneSidedLinearInterpolant(), learning_rate=2e-3)
+# Measured when fit's defaults were the one-sided linear interpolant with lr 2e-3 and a FieldMLP
+# of width 128, depth 3; every row spells that baseline out (BASE), so the table keeps its meaning
+# after the defaults changed (lr 5e-3, and width 64, depth 6 for d <= 16; evidence:
+# benchmarks/density.py --config-study).
+BASE = dict(interpolant=nsi.OneSidedLinearInterpolant(), learning_rate=2e-3, width=128, depth=3)
 CONFIGS = {
     "baseline (linear, batch 512, lr 2e-3, 10k steps)": {},
     "batch 256": dict(batch_size=256),

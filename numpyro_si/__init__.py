@@ -55,5 +55,5 @@ from ._solvers import (
     SDESampler,
     SolveInfo,
 )
-from ._training import check_data, fit
+from ._training import check_data, default_network_size, fit
 from ._version import __version__

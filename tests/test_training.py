@@ -318,6 +318,20 @@ def test_user_velocity_network_is_used():
     assert not np.array_equal(flow.velocity.output_layer.weight, net.output_layer.weight)
 
 
+@pytest.mark.parametrize("dim, size", [(2, (64, 6)), (16, (64, 6)), (17, (128, 3))])
+def test_default_network_size_depends_on_the_dimension(dim, size):
+    # the documented rule: deep and narrow up to 16 dimensions, wide and shallow above
+    assert nsi.default_network_size(dim) == size
+    data = jax.random.normal(jax.random.key(0), (200, dim))
+    flow, _ = nsi.fit(jax.random.key(1), data, max_steps=1, batch_size=100, val_prop=0.0,
+                      show_progress=False)
+    assert (flow.velocity.width, flow.velocity.depth) == size
+    # an explicit width or depth overrides only that part of the default
+    flow, _ = nsi.fit(jax.random.key(1), data, width=8, max_steps=1, batch_size=100,
+                      val_prop=0.0, show_progress=False)
+    assert (flow.velocity.width, flow.velocity.depth) == (8, size[1])
+
+
 def test_two_sided_fit_with_a_custom_base():
     """base= (in data space) for a two-sided interpolant: the flow's base has event shape (d,),
     sampling and log_prob work in data space."""

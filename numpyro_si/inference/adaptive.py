@@ -401,9 +401,10 @@ def run(
     - `fit_options`: further keyword arguments of `numpyro_si.fit` (e.g. `width`, `depth`,
       `batch_size`, `learning_rate`); rounds after the first warm-start from the previous
       velocity network (`velocity_network=`), so architecture options only affect the first.
-      The rounds use `OneSidedLinearInterpolant()` (which the whitening needs) and learning rate
-      2e-3 (not `fit`'s 5e-3: short warm-started refits) unless `fit_options` says otherwise:
-      the settings of the MCMC benchmark (docs/benchmarks.md).
+      The rounds use `OneSidedLinearInterpolant()` (which the whitening needs), learning rate
+      2e-3 (not `fit`'s 5e-3: short warm-started refits) and a `FieldMLP` of width 128, depth 3
+      (not `fit`'s dimension-dependent default) unless `fit_options` says otherwise: the
+      settings of the MCMC benchmark (docs/benchmarks.md).
     - `max_training_points`: cap on each round's training set (every local step's state of
       every chain, thinned evenly in time).
     - `whiten`: fit the flow to the training points whitened by their mean and within-chain
@@ -585,7 +586,8 @@ def run(
         training = _thin(path, max_training_points)
         key_fit, key_round = jax.random.split(key_fit)
         options = dict(
-            show_progress=False, interpolant=OneSidedLinearInterpolant(), learning_rate=2e-3
+            show_progress=False, interpolant=OneSidedLinearInterpolant(), learning_rate=2e-3,
+            width=128, depth=3,
         ) | fit_options
         if flow is not None:
             previous = flow.velocity
