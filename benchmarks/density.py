@@ -602,7 +602,8 @@ def render(results: dict) -> str:
             f"`{c}`"
             for c in sorted(
                 set(meta["commands"])
-                | {e["command"] for e in results.get("configs", {}).values() if "command" in e}
+                | {c for e in results.get("configs", {}).values()
+                   for c in e.get("commands", [e["command"]] if "command" in e else [])}
             )
         )
         + "."
