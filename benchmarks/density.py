@@ -957,7 +957,7 @@ def main(argv=None):
         budget = budgets[data.group]
         print(f"\n== {name}: d={data.dim}, train {data.train.shape[0]}, test {data.test.shape[0]},"
               f" budget {budget:.0f} s", flush=True)
-        rows, samples, reference_rate, default_flow = [], {}, None, None
+        rows, samples, default_flow = [], {}, None
         # without flowjax in this run, the solver table's cost ratio uses the stored row
         stored_rows = results["datasets"].get(name, {}).get("rows", [])
         reference_rate = next((r["log_prob_per_s"] for r in stored_rows

@@ -79,11 +79,11 @@ def default_network_size(dim: int) -> tuple[int, int]:
     """`(width, depth)` of `fit`'s default `FieldMLP` for `dim`-dimensional data.
 
     Up to `DEEP_NETWORK_MAX_DIM` (16) dimensions: width 64, depth 6; above: width 128, depth 3.
-    Evidence (density benchmark, same optimiser steps, docs/benchmarks.md "configurations of
-    fit"): on 2-d and 10-d data the deep, narrow network lowered the held-out NLL on every set
-    (checkerboard 3.764 -> 3.620 nats, pinwheel 2.400 -> 2.343) at ~20 % less CPU per step, but
-    on the small 30-d and 64-d sets (456 and 1438 points) it was worse by 5-10 nats (it overfits
-    there). The boundary lies between the measured 10 and 30 dimensions.
+    Evidence (density benchmark's configuration study, same optimiser steps, docs/benchmarks.md
+    "configurations of fit"): on 2-d and 10-d data the deep, narrow network lowered the held-out
+    NLL (checkerboard 3.743 -> 3.615 nats, sbibm gaussian_linear -0.813 -> -0.835) at ~20 % less
+    CPU per step, but on the small 30-d and 64-d sets (456 and 1438 points) it was worse by 5 and
+    11 nats (it overfits there). The boundary lies between the measured 10 and 30 dimensions.
     """
     return (64, 6) if dim <= DEEP_NETWORK_MAX_DIM else (128, 3)
 
