@@ -5,6 +5,8 @@ Run (one process, so every method sees the same machine state):
     .venv/bin/python benchmarks/density.py                      # full run, ~60-75 min on 2 cores
     .venv/bin/python benchmarks/density.py --quick              # smoke run, a few minutes
     .venv/bin/python benchmarks/density.py --datasets checkerboard,digits --budget 30
+    .venv/bin/python benchmarks/density.py --datasets '' --budget-curve checkerboard \
+        --curve-budgets 40,120,360 --no-docs     # held-out NLL against training budget
 
 Every method gets the same training budget per data set: 40 s on 2-d sets, 60 s on the
 10-d posteriors and the real data, in process CPU seconds with one XLA thread (`--clock wall`
@@ -13,7 +15,8 @@ method it reports held-out NLL (nats, ± standard error), training time and step
 sampling throughput (points/s, compiled, after a warm-up call) and, for numpyro_si, the mean
 number of vector-field evaluations per log_prob and per sample. Two further tables: the
 likelihood solver's cost/accuracy trade-off (numpyro_si against a flowjax coupling-flow
-log_prob), and training steps per second at equal batch size and parameter count.
+log_prob), and training steps per second at equal batch size and parameter count; optional
+ones: fit configurations at equal steps (`--config-study`), NLL against budget (`--budget-curve`).
 
 Results go to `docs/figures/density/results.json`, figures of samples next to data to
 `docs/figures/density/*.png`, and the tables to `docs/benchmarks.md` between the markers
@@ -70,6 +73,7 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 FIGURES = ROOT / "docs" / "figures" / "density"
 RESULTS = FIGURES / "results.json"
 CONFIGS = FIGURES / "configs.json"  # the configuration study, kept apart so runs can overlap
+CURVES = FIGURES / "curves.json"  # NLL against training budget (`--budget-curve`)
 START, END = "<!-- density:start -->", "<!-- density:end -->"
 
 BUDGETS = {"2d": 40.0, "posterior": 60.0, "real": 60.0}
@@ -151,8 +155,10 @@ CONFIG_STUDY = {
 # Likelihood-solver variants measured on the default numpyro_si flow of every data set.
 SOLVER_VARIANTS = {
     "Tsit5 adaptive, tol 1e-5 (default)": {},
+    "Tsit5 adaptive, tol 1e-4": dict(rtol=1e-4, atol=1e-4),
     "Tsit5 adaptive, tol 1e-3": dict(rtol=1e-3, atol=1e-3),
     "Tsit5, 8 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=8)),
+    "Tsit5, 6 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=6)),
     "Tsit5, 4 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=4)),
     "Tsit5, 2 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=2)),
     "Heun, 8 fixed steps": dict(likelihood_solver=nsi.ODESampler(diffrax.Heun(), n_steps=8)),
@@ -202,7 +208,7 @@ def evaluate(trained: Trained, data: Dataset, key, n_samples: int = 2000) -> tup
         **{k: v for k, v in trained.extra.items() if isinstance(v, (int, float, bool, list))},
     }
     samples = None
-    if trained.sample is not None:
+    if trained.sample is not None and n_samples > 0:
         n = min(n_samples, max(data.test.shape[0], 500))
         jax.block_until_ready(trained.sample(jax.random.fold_in(key, 1), n))
         samples, seconds, _ = _timed(trained.sample, key, n)
@@ -243,6 +249,26 @@ def config_study(data: Dataset, steps: int, only: list[str] | None = None) -> li
         print(f"  config {name:58s} {rows[-1]['steps']} steps cpu {cpu:5.1f}s"
               f" NLL {rows[-1]['nll']:.3f} ± {rows[-1]['nll_se']:.3f}"
               f" NFE {rows[-1]['nfe_log_prob']:.1f}", flush=True)
+    return rows
+
+
+def budget_curve(data: Dataset, budgets: list[float], methods: list[str], seed: int) -> list[dict]:
+    """Each method of `methods` trained on `data` at every budget of `budgets` (same key and
+    split as the main table): does a longer budget close the gap to the optimum, and for whom?"""
+    rows = []
+    for budget in budgets:
+        for method in methods:
+            trained = METHODS[method](jax.random.key(seed + 1), data.train, budget)
+            row, _ = evaluate(trained, data, jax.random.key(seed + 2), n_samples=0)
+            row = {"budget": budget, **{k: row[k] for k in (
+                "method", "params", "train_cpu", "train_time", "steps", "nll", "nll_se",
+                "nfe_log_prob")}}
+            rows.append(row)
+            gap = "" if data.entropy is None else f" (gap {row['nll'] - data.entropy:+.3f})"
+            print(f"  budget {budget:5.0f}s {method:18s} cpu {row['train_cpu']:6.1f}s"
+                  f" ({row['steps']} steps) NLL {row['nll']:.3f} ± {row['nll_se']:.3f}{gap}",
+                  flush=True)
+            jax.clear_caches()
     return rows
 
 
@@ -619,7 +645,8 @@ def render(results: dict) -> str:
         f" ({meta.get('clock', 'cpu')} seconds: {meta['budgets']}); `nsi.fit` and flowjax"
         " `fit_to_data` take a step budget, so each is calibrated once per dimension by pilot"
         " runs (a warm-up, the faster of two short runs, and a long run lengthened until it"
-        " takes at least 8 s more: steady steps/s and fixed overhead; pilots not counted), and"
+        " takes at least 8 s more: steady steps/s and fixed overhead; pilots not counted; a run"
+        " that misses its budget by more than 10% replaces the rate for the next data set), and"
         " both recompile in every call, so compilation counts against each method's budget; the"
         " table's CPU column shows what each fit actually spent. numpyro_si: `nsi.fit` with its"
         " defaults (`FieldMLP` width 64, depth 6 for d <= 16, width 128, depth 3 above);"
@@ -749,7 +776,8 @@ def render(results: dict) -> str:
     if results.get("throughput"):
         lines += [
             "", "### training steps per second at equal batch size and parameter count", "",
-            "`nsi.fit` (defaults: FieldMLP width 128, depth 3) against flowjax `fit_to_data` with"
+            "`nsi.fit` (its default network for the dimension, `nsi.default_network_size(d)`)"
+            " against flowjax `fit_to_data` with"
             " a coupling flow whose conditioner width is chosen to match the parameter count;"
             " batch 512, 10% validation in both. Steady rates from two runs of different length.",
             "",
@@ -764,6 +792,35 @@ def render(results: dict) -> str:
                 f" {row['si_steps_per_s']:.0f} | {row['flowjax_steps_per_s']:.0f} |"
                 f" {row['ratio']:.1f}x |"
             )
+    if results.get("curves"):
+        lines += [
+            "", "### held-out NLL against training budget", "",
+            "The main table's methods and split at longer budgets (same calibration; CPU"
+            " seconds). Gap: NLL minus the exact entropy where known, i.e. the KL to the data.",
+            "",
+        ]
+        for name, entry in results["curves"].items():
+            methods = list(dict.fromkeys(r["method"] for r in entry["rows"]))
+            budgets = sorted({r["budget"] for r in entry["rows"]})
+            cells = {(r["budget"], r["method"]): r for r in entry["rows"]}
+            lines += [
+                f"{name} (" + ", ".join(f"`{c}`" for c in entry["commands"]) + "):", "",
+                "| budget s | " + " | ".join(methods) + " |",
+                "| --- |" + " --- |" * len(methods),
+            ]
+            for budget in budgets:
+                out = []
+                for method in methods:
+                    row = cells.get((budget, method))
+                    if row is None:
+                        out.append("")
+                        continue
+                    text = f"{row['nll']:.3f} ± {row['nll_se']:.3f}"
+                    if entry.get("entropy") is not None:
+                        text += f" (gap {row['nll'] - entry['entropy']:+.3f})"
+                    out.append(text + f", {row['train_cpu']:.0f} s, {row['steps']} steps")
+                lines.append(f"| {budget:.0f} | " + " | ".join(out) + " |")
+            lines.append("")
     if results.get("configs"):
         lines += [
             "", "### configurations of fit (the evidence for its defaults)", "",
@@ -844,6 +901,8 @@ def merged_results() -> dict:
     merged["meta"] = dict(merged["meta"], commands=sorted(commands))
     if CONFIGS.exists():
         merged["configs"] = json.loads(CONFIGS.read_text())
+    if CURVES.exists():
+        merged["curves"] = json.loads(CURVES.read_text())
     return merged
 
 
@@ -869,6 +928,12 @@ def parse_args(argv=None):
     parser.add_argument("--configs", default="",
                         help="semicolon-separated label prefixes: run only these CONFIG_STUDY"
                         " entries (stored rows of the others are kept)")
+    parser.add_argument("--budget-curve", default="",
+                        help="comma-separated data sets on which to train --curve-methods at"
+                        " every budget of --curve-budgets (held-out NLL against budget)")
+    parser.add_argument("--curve-budgets", default="40,120,360",
+                        help="comma-separated training budgets in seconds (--clock)")
+    parser.add_argument("--curve-methods", default="numpyro_si,flowjax coupling,flowjax MAF")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="JSON file this run adds its results to; the docs are rendered from"
@@ -921,10 +986,13 @@ def main(argv=None):
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     config_names = [n.strip() for n in args.config_study.split(",") if n.strip()]
-    for name in names + config_names:
+    curve_names = [n.strip() for n in args.budget_curve.split(",") if n.strip()]
+    curve_methods = [m.strip() for m in args.curve_methods.split(",") if m.strip()]
+    curve_budgets = [float(b) for b in args.curve_budgets.split(",") if b.strip()]
+    for name in names + config_names + curve_names:
         if name not in ALL_DATASETS:
             raise SystemExit(f"unknown data set {name!r}; choose from {', '.join(ALL_DATASETS)}")
-    for method in methods:
+    for method in methods + curve_methods:
         if method not in METHODS:
             raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     set_clock(args.clock)
@@ -1021,6 +1089,24 @@ def main(argv=None):
             stored[name] = {"rows": rows, "command": command, "commands": commands}
             CONFIGS.parent.mkdir(parents=True, exist_ok=True)
             CONFIGS.write_text(json.dumps(stored, indent=1))
+
+    for name in curve_names:
+        data = loaded.get(name) or load_dataset(name, quick=args.quick, seed=args.seed)
+        print(f"\n== NLL against training budget on {name}: budgets {curve_budgets}", flush=True)
+        rows = budget_curve(data, curve_budgets, curve_methods, args.seed)
+        stored = json.loads(CURVES.read_text()) if CURVES.exists() and not args.quick else {}
+        ran = {(r["budget"], r["method"]) for r in rows}
+        kept = [r for r in stored.get(name, {}).get("rows", [])
+                if (r["budget"], r["method"]) not in ran]
+        commands = sorted(set(stored.get(name, {}).get("commands", [])) | {command})
+        stored[name] = {"rows": sorted(kept + rows, key=lambda r: r["budget"]),
+                        "entropy": data.entropy, "commands": commands,
+                        "machine": results["meta"]["machine"]}
+        results.setdefault("curves", {})[name] = stored[name]
+        if not args.quick:
+            tmp = CURVES.with_suffix(".tmp")
+            tmp.write_text(json.dumps(stored, indent=1))
+            os.replace(tmp, CURVES)
 
     if not args.no_studies and loaded:
         print("\n== training throughput", flush=True)
