@@ -894,9 +894,11 @@ def merged_results() -> dict:
         for row in part.get("throughput", []):
             throughput[row["dim"]] = row
         commands |= {e["command"] for e in part.get("datasets", {}).values() if "command" in e}
-        if part.get("throughput"):
-            commands |= set(part["meta"]["commands"])
         merged["meta"] = part["meta"]
+    # the commands behind the rows shown (rows stored before they recorded their command fall
+    # back to their file's command list)
+    for row in throughput.values():
+        commands |= {row["command"]} if "command" in row else set(merged["meta"]["commands"])
     merged["throughput"] = [throughput[d] for d in sorted(throughput)]
     merged["meta"] = dict(merged["meta"], commands=sorted(commands))
     if CONFIGS.exists():
@@ -1113,7 +1115,8 @@ def main(argv=None):
         by_dim = {}
         for name, data in loaded.items():
             by_dim.setdefault(data.dim, (name, data))
-        results["throughput"] = throughput_study(dict(by_dim.values()))
+        results["throughput"] = [dict(row, command=command)
+                                 for row in throughput_study(dict(by_dim.values()))]
     if not args.quick:
         _write_store(store, results, datasets=[], solver=[],
                      throughput="throughput" in results)

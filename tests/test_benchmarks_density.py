@@ -59,3 +59,23 @@ def test_sklearn_sets():
 
 def test_standard_error():
     assert standard_error(np.array([1.0, -1.0, 1.0, -1.0])) == pytest.approx(0.5)
+
+
+def test_recalibrate_replaces_the_rate_only_when_a_run_misses_its_budget():
+    import _density_methods as methods
+
+    key = ("test method", 3)
+    methods._CALIBRATION[key] = (100.0, 5.0)  # 100 steps/s after 5 s of overhead
+    try:
+        # 5500 steps in 60 s of a 60 s budget: on budget, the rate stays
+        methods.recalibrate(key, 5500, 60.0, 60.0, stopped_early=False)
+        assert methods._CALIBRATION[key] == (100.0, 5.0)
+        # an early stop says nothing about the rate
+        methods.recalibrate(key, 1000, 20.0, 60.0, stopped_early=True)
+        assert methods._CALIBRATION[key] == (100.0, 5.0)
+        # 5500 steps took 85 s: the next run gets 5500 / (85 - 5) steps/s
+        methods.recalibrate(key, 5500, 85.0, 60.0, stopped_early=False)
+        assert methods._CALIBRATION[key] == (pytest.approx(5500 / 80), 5.0)
+        assert methods.steps_for_budget(*methods._CALIBRATION[key], 60.0) == int(5500 / 80 * 55)
+    finally:
+        del methods._CALIBRATION[key]
