@@ -290,7 +290,11 @@ def flowjax_patience(n_train: int) -> int:
     return max(5, math.ceil(300 / steps_per_epoch))
 
 
-def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=None):
+def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=None,
+                  patience_fraction: float | None = None):
+    """flowjax `fit_to_data` for `budget` seconds; `patience_fraction` raises the patience to
+    that fraction of the planned epochs (nsi.fit's own rule is a fifth of its rounds), for long
+    budgets where the fixed patience stops a slow but steady descent."""
     from flowjax.train import fit_to_data
 
     label = label or f"flowjax {kind}"
@@ -315,6 +319,8 @@ def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=No
 
     rate, overhead = calibrate((label, nn_width, train.shape[1]), run, 100, 400)
     epochs = max(math.ceil(steps_for_budget(rate, overhead, budget) / steps_per_epoch), 1)
+    if patience_fraction is not None:
+        patience = max(patience, math.ceil(patience_fraction * epochs))
     (flow, losses), wall, cpu = _timed(fit, epochs)
     recalibrate((label, nn_width, train.shape[1]), len(losses["train"]) * steps_per_epoch,
                 _budget_seconds(wall, cpu), budget, stopped_early=len(losses["train"]) < epochs)
