@@ -673,8 +673,10 @@ def render(results: dict) -> str:
         " above (the best nearby configurations of the study below). flowjax flows:"
         " rational-quadratic spline transformer (8 knots on [-4, 4]), 8 layers, conditioner"
         " width 50, depth 1, Adam 5e-4"
-        " (its defaults), data standardised first (as `fit` does internally); patience raised"
-        " to at least ~300 steps. numpyro BNAF: NumPyro's `BlockNeuralAutoregressiveTransform`"
+        " (its defaults), data standardised first (as `fit` does internally); early-stopping"
+        " patience by `nsi.fit`'s own rule (at least 2000 steps, or a fifth of the run), both"
+        " returning their best-validation parameters. numpyro BNAF: NumPyro's"
+        " `BlockNeuralAutoregressiveTransform`"
         " as stacked by `AutoBNAFNormal` (2 flows, hidden factors 16, 16, gated residual on the"
         " first), used in the density direction z = T(x) and fitted by maximum likelihood with"
         " Adam 1e-3; it cannot sample (no analytic inverse; NumPyro raises"
@@ -716,8 +718,13 @@ def render(results: dict) -> str:
             text += f"; exact entropy {entry['entropy']:.3f} nats (the NLL gap is the KL)"
         for note in entry.get("notes", []):
             text += f"; {note}"
-        if entry.get("command"):
-            text += f"; rows from `{entry['command']}`"
+        row_commands = {r["command"] for r in entry["rows"] if "command" in r}
+        if len(row_commands) > 1:  # rows of one data set from several runs
+            text += "; rows from " + ", ".join(
+                f"`{c}` ({', '.join(r['method'] for r in entry['rows'] if r.get('command') == c)})"
+                for c in sorted(row_commands))
+        elif entry.get("command"):
+            text += f"; rows from `{next(iter(row_commands), entry['command'])}`"
         lines.append(text + f". Figure: [`{name}.png`](figures/density/{name}.png).")
 
     # goals
@@ -819,8 +826,9 @@ def render(results: dict) -> str:
             " Both `nsi.fit` and flowjax `fit_to_data` stop early when the validation loss has"
             " not improved for their patience and return the best-validation parameters, so a"
             " fit may use less than its budget (its CPU seconds are shown). flowjax's patience"
-            " is the main table's (at least ~300 steps) unless the label says otherwise;"
-            " `nsi.fit`'s default patience is a fifth of its run.",
+            " is the main table's (`nsi.fit`'s rule: at least 2000 steps or a fifth of the run)"
+            " unless the label says otherwise; rows labelled \"patience ~300 steps\" used the"
+            " main table's rule before stop 12 (fit_to_data's 5 epochs raised to ~300 steps).",
             "",
         ]
         for name, entry in results["curves"].items():
@@ -918,6 +926,8 @@ def merged_results() -> dict:
         for row in part.get("throughput", []):
             throughput[row["dim"]] = row
         commands |= {e["command"] for e in part.get("datasets", {}).values() if "command" in e}
+        commands |= {r["command"] for e in part.get("datasets", {}).values()
+                     for r in e.get("rows", []) if "command" in r}
         merged["meta"] = part["meta"]
     # the commands behind the rows shown (rows stored before they recorded their command fall
     # back to their file's command list)
@@ -986,8 +996,11 @@ def _write_store(store: Path, results: dict, *, datasets, solver, throughput=Fal
     for name in datasets:
         entry = dict(results["datasets"][name])
         run = {r["method"] for r in entry["rows"]}
-        kept = [r for r in current["datasets"].get(name, {}).get("rows", [])
-                if r["method"] not in run]
+        previous = current["datasets"].get(name, {})
+        # rows kept from an earlier run carry that run's command (stored rows before stop 12
+        # recorded it only per data set)
+        kept = [dict(r, command=r.get("command", previous.get("command")))
+                for r in previous.get("rows", []) if r["method"] not in run]
         entry["rows"] = sorted(
             kept + entry["rows"],
             key=lambda r: list(METHODS).index(r["method"]) if r["method"] in METHODS else 99,
@@ -1063,6 +1076,7 @@ def main(argv=None):
             key = jax.random.key(args.seed + 1)
             trained = METHODS[method](key, data.train, budget)
             row, drawn = evaluate(trained, data, jax.random.key(args.seed + 2))
+            row["command"] = command
             rows.append(row)
             if drawn is not None:
                 samples[method] = drawn
