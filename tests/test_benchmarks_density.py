@@ -79,3 +79,12 @@ def test_recalibrate_replaces_the_rate_only_when_a_run_misses_its_budget():
         assert methods.steps_for_budget(*methods._CALIBRATION[key], 60.0) == int(5500 / 80 * 55)
     finally:
         del methods._CALIBRATION[key]
+
+
+def test_flowjax_patience_follows_fits_rule():
+    from _density_methods import flowjax_patience
+
+    # 20 000 points, 10% validation, batch 512: 35 steps per epoch
+    assert flowjax_patience(20_000, 80) == math.ceil(2000 / 35)  # at least 2000 steps
+    assert flowjax_patience(20_000, 1000) == 200  # a fifth of a long run
+    assert flowjax_patience(300, 10) == 2000  # one step per epoch on tiny data
