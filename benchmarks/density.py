@@ -74,6 +74,8 @@ FIGURES = ROOT / "docs" / "figures" / "density"
 RESULTS = FIGURES / "results.json"
 CONFIGS = FIGURES / "configs.json"  # the configuration study, kept apart so runs can overlap
 CURVES = FIGURES / "curves.json"  # NLL against training budget (`--budget-curve`)
+# Hand-written reading of the stored results (numbers quoted from them), rendered at the end
+ANALYSIS = FIGURES / "analysis.md"
 START, END = "<!-- density:start -->", "<!-- density:end -->"
 
 BUDGETS = {"2d": 40.0, "posterior": 60.0, "real": 60.0}
@@ -755,6 +757,8 @@ def render(results: dict) -> str:
             + " | ".join(cells) + " |"
         )
     lines += ["", *goal_summary(results)]
+    if results.get("analysis"):  # docs/figures/density/analysis.md
+        lines += ["", results["analysis"].strip()]
 
     if results.get("solver"):
         lines += [
@@ -892,8 +896,6 @@ def render(results: dict) -> str:
                 ) + " nats against the reference (width 128, depth 3; ranked, best first)."
             )
     lines += defaults_section(results)
-    if results.get("analysis"):
-        lines += ["", results["analysis"].strip()]
     lines += ["", END]
     return "\n".join(lines)
 
@@ -939,6 +941,8 @@ def merged_results() -> dict:
         merged["configs"] = json.loads(CONFIGS.read_text())
     if CURVES.exists():
         merged["curves"] = json.loads(CURVES.read_text())
+    if ANALYSIS.exists():
+        merged["analysis"] = ANALYSIS.read_text()
     return merged
 
 
