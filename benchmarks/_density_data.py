@@ -127,10 +127,15 @@ SYNTHETIC = ("checkerboard", "eight_gaussians", "two_moons", "pinwheel", "gaussi
 ALL_DATASETS = (*SYNTHETIC, *SBIBM_TASKS, "digits", "breast_cancer")
 
 
-def load_dataset(name: str, *, quick: bool = False, seed: int = 0) -> Dataset:
-    """Load one benchmark data set by name (see `ALL_DATASETS`)."""
+def load_dataset(name: str, *, quick: bool = False, seed: int = 0,
+                 n_train: int | None = None) -> Dataset:
+    """Load one benchmark data set by name (see `ALL_DATASETS`); `n_train` sets the training-set
+    size of a synthetic set (the test points do not change)."""
     if name in SYNTHETIC:
-        return _synthetic(name, 5000 if quick else 20_000, 2000 if quick else 5000, seed)
+        default = 5000 if quick else 20_000
+        return _synthetic(name, n_train or default, 2000 if quick else 5000, seed)
+    if n_train is not None:
+        raise ValueError(f"n_train applies to the synthetic sets only, not {name!r}.")
     if name in SBIBM_TASKS:
         return _sbibm(name, seed)
     if name == "digits":
