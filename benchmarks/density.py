@@ -1167,7 +1167,8 @@ def main(argv=None):
             tmp.write_text(json.dumps(stored, indent=1))
             os.replace(tmp, CURVES)
 
-    if not args.no_studies and loaded:
+    measured_throughput = not args.no_studies and bool(loaded)
+    if measured_throughput:
         print("\n== training throughput", flush=True)
         by_dim = {}
         for name, data in loaded.items():
@@ -1175,8 +1176,9 @@ def main(argv=None):
         results["throughput"] = [dict(row, command=command)
                                  for row in throughput_study(dict(by_dim.values()))]
     if not args.quick:
-        _write_store(store, results, datasets=[], solver=[],
-                     throughput="throughput" in results)
+        # only rows this run measured: `results` also holds the rows stored when it started,
+        # which must not overwrite what other runs have written since
+        _write_store(store, results, datasets=[], solver=[], throughput=measured_throughput)
         results = merged_results()
     print("\n" + render(results))
     if not args.no_docs:
