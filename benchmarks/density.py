@@ -662,8 +662,9 @@ def render(results: dict) -> str:
         f"Machine: {meta['machine']}; numpyro_si {meta.get('code', '')}. Budgets and rates"
         " are in this process's CPU seconds (`--clock cpu`, the default), which count the"
         " compute a method actually received whatever else ran; wall-clock seconds are shown"
-        " too. All rows of a data set come from one process (its command is named in the"
-        " reference values below); compare ratios within a data set.",
+        " too. The reference values below name the command behind each row (a data set's rows"
+        " can come from several runs, e.g. when one method's protocol changed); compare ratios"
+        " within a data set.",
         "",
         "Every method trains on the same split with batch size 512 and the same training budget"
         f" ({meta.get('clock', 'cpu')} seconds: {meta['budgets']}); `nsi.fit` and flowjax"
