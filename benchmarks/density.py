@@ -74,7 +74,7 @@ FIGURES = ROOT / "docs" / "figures" / "density"
 RESULTS = FIGURES / "results.json"
 CONFIGS = FIGURES / "configs.json"  # the configuration study, kept apart so runs can overlap
 CURVES = FIGURES / "curves.json"  # NLL against training budget (`--budget-curve`)
-# Hand-written reading of the stored results (numbers quoted from them), rendered at the end
+# Hand-written reading of the stored results (numbers quoted from them), rendered after the goals
 ANALYSIS = FIGURES / "analysis.md"
 START, END = "<!-- density:start -->", "<!-- density:end -->"
 
@@ -983,7 +983,8 @@ def parse_args(argv=None):
                         " the main table's 20 000; the held-out points are the same)")
     parser.add_argument("--curve-flowjax-patience", type=float, default=None,
                         help="in the budget curve, flowjax's patience as this fraction of its"
-                        " planned epochs (default: the main table's, ~300 steps)")
+                        " planned epochs (default: the main table's rule, at least 2000 steps or a"
+                        " fifth of the run)")
     parser.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="JSON file this run adds its results to; the docs are rendered from"
