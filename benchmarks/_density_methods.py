@@ -205,12 +205,18 @@ def siflow_evaluators(flow: nsi.SIFlow):
     return (lambda x: log_prob(flow, x)), sample, nfe_sample
 
 
+def epoch_steps(n: int, batch_size: int = BATCH_SIZE, val_prop: float = 0.1) -> int:
+    """Optimiser steps per epoch on `n` points after a `val_prop` validation split (as `fit` and
+    the benchmark's flowjax runs split them)."""
+    return max((n - round(val_prop * n)) // min(batch_size, n), 1)
+
+
 def whole_rounds(steps: int, n: int, batch_size: int, val_prop: float = 0.1) -> int:
     """The largest step count <= `steps` that `fit` runs exactly: a whole number of its
     validation rounds (epochs_per_round epochs of >= 100 steps). fit spreads max_epochs over
     rounds by rounding the round length up, so an arbitrary max_steps can overshoot by up to a
     third (8529 asked -> 11340 run on 18 000 points); whole rounds are run as asked."""
-    steps_per_epoch = max((n - round(val_prop * n)) // min(batch_size, n), 1)
+    steps_per_epoch = epoch_steps(n, batch_size, val_prop)
     epochs_per_round = max(1, math.ceil(100 / steps_per_epoch))
     unit = steps_per_epoch * epochs_per_round
     return max(unit, (steps // unit) * unit)
@@ -289,8 +295,7 @@ def flowjax_patience(n_train: int, epochs: int) -> int:
     their best-validation parameters. (Until stop 12 flowjax got ~300 steps, fit_to_data's
     default 5 epochs raised to about 300 steps: on 9 of 11 sets it stopped with up to half its
     budget unused, while fit kept training; the budget curve shows what that cost it.)"""
-    steps_per_epoch = max((n_train - round(0.1 * n_train)) // BATCH_SIZE, 1)
-    return max(math.ceil(2000 / steps_per_epoch), math.ceil(epochs / 5))
+    return max(math.ceil(2000 / epoch_steps(n_train)), math.ceil(epochs / 5))
 
 
 def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=None,
@@ -305,7 +310,7 @@ def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=No
     whitening = Whitening(train)
     data = jnp.asarray(whitening.forward(train))
     loss_fn, optimizer = _flowjax_fit_objects()
-    steps_per_epoch = max((train.shape[0] - round(0.1 * train.shape[0])) // BATCH_SIZE, 1)
+    steps_per_epoch = epoch_steps(train.shape[0])
 
     def patience_for(epochs):
         if patience_fraction is not None:

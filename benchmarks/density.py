@@ -59,6 +59,7 @@ from _density_methods import (  # noqa: E402
     _timed,
     calibrate,
     count_params,
+    epoch_steps,
     make_flowjax,
     set_clock,
     train_bnaf,
@@ -378,7 +379,7 @@ def _throughput_one(train: np.ndarray) -> dict:
     fj_params = count_params(make_flowjax("coupling", key, dim, width))
     whitened = jnp.asarray(Whitening(train).forward(train))
     loss_fn, optimizer = _flowjax_fit_objects()
-    steps_per_epoch = max((train.shape[0] - round(0.1 * train.shape[0])) // BATCH_SIZE, 1)
+    steps_per_epoch = epoch_steps(train.shape[0])
 
     def run_si(steps):
         (_, history), wall, cpu = _timed(nsi.fit, key, data, max_steps=steps, val_prop=0.1,
@@ -1029,10 +1030,15 @@ def _write_store(store: Path, results: dict, *, datasets, solver, throughput=Fal
     current["meta"] = dict(results["meta"], commands=sorted(
         set(meta.get("commands", [])) | set(results["meta"]["commands"])
     ))
-    store.parent.mkdir(parents=True, exist_ok=True)
-    tmp = store.with_suffix(".tmp")
-    tmp.write_text(json.dumps(current, indent=1))
-    os.replace(tmp, store)
+    _write_json(store, current)
+
+
+def _write_json(path: Path, data) -> None:
+    """Write atomically: a run stopped mid-write leaves the previous file, not half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -1142,8 +1148,7 @@ def main(argv=None):
             commands = sorted(set(stored.get(name, {}).get("commands", [])
                                   + [stored.get(name, {}).get("command", command), command]))
             stored[name] = {"rows": rows, "command": command, "commands": commands}
-            CONFIGS.parent.mkdir(parents=True, exist_ok=True)
-            CONFIGS.write_text(json.dumps(stored, indent=1))
+            _write_json(CONFIGS, stored)
 
     for name in curve_names:
         if args.curve_train:
@@ -1165,9 +1170,7 @@ def main(argv=None):
                         "machine": results["meta"]["machine"]}
         results.setdefault("curves", {})[name] = stored[name]
         if not args.quick:
-            tmp = CURVES.with_suffix(".tmp")
-            tmp.write_text(json.dumps(stored, indent=1))
-            os.replace(tmp, CURVES)
+            _write_json(CURVES, stored)
 
     measured_throughput = not args.no_studies and bool(loaded)
     if measured_throughput:
