@@ -88,3 +88,28 @@ def test_flowjax_patience_follows_fits_rule():
     assert flowjax_patience(20_000, 80) == math.ceil(2000 / 35)  # at least 2000 steps
     assert flowjax_patience(20_000, 1000) == 200  # a fifth of a long run
     assert flowjax_patience(300, 10) == 2000  # one step per epoch on tiny data
+
+
+def test_nll_verdict_is_paired_only_on_the_rows_stored_values(tmp_path, monkeypatch):
+    density = pytest.importorskip("density")
+    monkeypatch.setattr(density, "FIGURES", tmp_path)
+    rng = np.random.default_rng(0)
+    # two methods whose log densities share a large per-point component: the paired s.e. of
+    # the difference is far below the unpaired one
+    shared = rng.normal(size=4000) * 2.0
+    a, b = shared + 0.01 * rng.normal(size=4000), shared + 0.02 + 0.01 * rng.normal(size=4000)
+    row = {"method": "numpyro_si", "nll": float(-a.mean()), "nll_se": standard_error(a)}
+    best = {"method": "flowjax MAF", "nll": float(-b.mean()), "nll_se": standard_error(b)}
+    unpaired = math.hypot(row["nll_se"], best["nll_se"])
+    # nothing stored: the conservative s.e.
+    assert density.nll_verdict(row, best, "toy") == ("within 2 s.e.", pytest.approx(0.02, abs=1e-3),
+                                                     unpaired)
+    density.save_heldout("toy", {"numpyro_si": a})
+    density.save_heldout("toy", {"flowjax MAF": b})  # a second run's method is added, not lost
+    assert not list(tmp_path.glob("*.tmp"))
+    verdict, diff, se = density.nll_verdict(row, best, "toy")
+    assert se == pytest.approx(standard_error(a - b), rel=1e-4) and se < unpaired / 10
+    assert verdict == "**no**" and diff == pytest.approx(row["nll"] - best["nll"])
+    # values that are not the row's (a later run replaced the row but not its values): unpaired
+    assert density.paired_se("toy", dict(row, nll=row["nll"] + 0.1), best) is None
+    assert density.nll_verdict(row, best, None)[2] == unpaired
