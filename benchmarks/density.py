@@ -1079,6 +1079,25 @@ def _write_store(store: Path, results: dict, *, datasets, solver, throughput=Fal
     _write_json(store, current)
 
 
+def _merge_study(path: Path, name: str, rows: list[dict], command: str, *, row_key, sort_key,
+                 keep=lambda row: True, write: bool = True, **fields) -> dict:
+    """Merge a study's rows on `name` into its store (configs.json, curves.json): stored rows
+    this run did not redo (and that `keep` accepts) stay, the commands behind the rows are
+    listed; written atomically unless `write` is False. Returns the entry."""
+    stored = json.loads(path.read_text()) if write and path.exists() else {}
+    previous = stored.get(name, {})
+    ran = {row_key(r) for r in rows}
+    kept = [r for r in previous.get("rows", []) if row_key(r) not in ran and keep(r)]
+    commands = set(previous.get("commands", [])) | {command}
+    if "command" in previous:  # entries written before "commands" was a list
+        commands.add(previous["command"])
+    stored[name] = {"rows": sorted(kept + rows, key=sort_key), "commands": sorted(commands),
+                    **fields}
+    if write:
+        _write_json(path, stored)
+    return stored[name]
+
+
 def _write_json(path: Path, data) -> None:
     """Write atomically: a run stopped mid-write leaves the previous file, not half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1188,16 +1207,9 @@ def main(argv=None):
         only = [p.strip() for p in args.configs.split(";") if p.strip()]
         rows = config_study(data, args.config_steps, only)
         if not args.quick:
-            stored = json.loads(CONFIGS.read_text()) if CONFIGS.exists() else {}
-            ran = {r["config"] for r in rows}
-            kept = [r for r in stored.get(name, {}).get("rows", [])
-                    if r["config"] not in ran and r["config"] in CONFIG_STUDY]
-            order = list(CONFIG_STUDY)
-            rows = sorted(kept + rows, key=lambda r: order.index(r["config"]))
-            commands = sorted(set(stored.get(name, {}).get("commands", [])
-                                  + [stored.get(name, {}).get("command", command), command]))
-            stored[name] = {"rows": rows, "command": command, "commands": commands}
-            _write_json(CONFIGS, stored)
+            _merge_study(CONFIGS, name, rows, command, row_key=lambda r: r["config"],
+                         sort_key=lambda r: list(CONFIG_STUDY).index(r["config"]),
+                         keep=lambda r: r["config"] in CONFIG_STUDY)
 
     for name in curve_names:
         if args.curve_train:
@@ -1209,17 +1221,11 @@ def main(argv=None):
                             args.curve_flowjax_patience)
         if args.curve_train:
             name = f"{name}, {args.curve_train} training points"
-        stored = json.loads(CURVES.read_text()) if CURVES.exists() and not args.quick else {}
-        ran = {(r["budget"], r["method"]) for r in rows}
-        kept = [r for r in stored.get(name, {}).get("rows", [])
-                if (r["budget"], r["method"]) not in ran]
-        commands = sorted(set(stored.get(name, {}).get("commands", [])) | {command})
-        stored[name] = {"rows": sorted(kept + rows, key=lambda r: r["budget"]),
-                        "entropy": data.entropy, "commands": commands,
-                        "machine": results["meta"]["machine"]}
-        results.setdefault("curves", {})[name] = stored[name]
-        if not args.quick:
-            _write_json(CURVES, stored)
+        results.setdefault("curves", {})[name] = _merge_study(
+            CURVES, name, rows, command, row_key=lambda r: (r["budget"], r["method"]),
+            sort_key=lambda r: r["budget"], write=not args.quick, entropy=data.entropy,
+            machine=results["meta"]["machine"],
+        )
 
     measured_throughput = not args.no_studies and bool(loaded)
     if measured_throughput:

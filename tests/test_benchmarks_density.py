@@ -4,6 +4,7 @@ They need the `bench` extra (scikit-learn, pandas, sbibm's files); each skips wi
 """
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -113,3 +114,19 @@ def test_nll_verdict_is_paired_only_on_the_rows_stored_values(tmp_path, monkeypa
     # values that are not the row's (a later run replaced the row but not its values): unpaired
     assert density.paired_se("toy", dict(row, nll=row["nll"] + 0.1), best) is None
     assert density.nll_verdict(row, best, None)[2] == unpaired
+
+
+def test_study_store_keeps_rows_not_rerun_and_lists_commands(tmp_path):
+    density = pytest.importorskip("density")
+    path = tmp_path / "curves.json"
+    key, order = (lambda r: (r["budget"], r["method"])), (lambda r: r["budget"])
+    first = [{"budget": 40, "method": "a", "nll": 1.0}, {"budget": 120, "method": "a", "nll": 0.9}]
+    density._merge_study(path, "toy", first, "cmd 1", row_key=key, sort_key=order, entropy=0.5)
+    entry = density._merge_study(path, "toy", [{"budget": 40, "method": "a", "nll": 0.8}], "cmd 2",
+                                 row_key=key, sort_key=order, entropy=0.5)
+    assert [r["nll"] for r in entry["rows"]] == [0.8, 0.9]  # the re-run row replaced, the other kept
+    assert entry["commands"] == ["cmd 1", "cmd 2"] and entry["entropy"] == 0.5
+    assert json.loads(path.read_text())["toy"] == entry and not list(tmp_path.glob("*.tmp"))
+    # a --quick run reports its rows but writes nothing
+    quick = density._merge_study(path, "toy", [], "cmd 3", row_key=key, sort_key=order, write=False)
+    assert quick["rows"] == [] and json.loads(path.read_text())["toy"] == entry
