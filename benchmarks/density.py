@@ -86,10 +86,13 @@ QUICK_BUDGETS = {"2d": 8.0, "posterior": 10.0, "real": 10.0}
 # (the linear interpolant with lr 5e-3) with a deeper network than the default for the data's
 # dimension: width 64, depth 8 up to 16 dimensions (default 64 x 6), width 128, depth 4 above
 # (default 128 x 3); both lowered the held-out NLL at equal steps in the study.
+TUNED_DEPTH = {(64, 6): 8, (128, 3): 4}  # fit's default (width, depth) -> the tuned depth
+
+
 def tuned_options(dim: int) -> dict:
-    size = dict(width=64, depth=8) if dim <= nsi._training.DEEP_NETWORK_MAX_DIM else dict(
-        width=128, depth=4)
-    return dict(interpolant=nsi.OneSidedLinearInterpolant(), learning_rate=5e-3, **size)
+    width, depth = nsi.default_network_size(dim)
+    return dict(interpolant=nsi.OneSidedLinearInterpolant(), learning_rate=5e-3, width=width,
+                depth=TUNED_DEPTH[width, depth])
 
 
 TUNED_LABEL = "numpyro_si tuned"
