@@ -137,7 +137,7 @@ CONFIG_STUDY = {
     "linear, lr 5e-3, width 64, depth 6 (the default for d <= 16)": dict(
         interpolant=_LIN, learning_rate=5e-3, width=64, depth=6
     ),
-    "linear, lr 5e-3, width 64, depth 8 (tuned, d <= 16)": dict(
+    "linear, lr 5e-3, width 64, depth 8 (tuned row until stop 13, d <= 16)": dict(
         interpolant=_LIN, learning_rate=5e-3, width=64, depth=8
     ),
     "linear, lr 5e-3, width 48, depth 8": dict(
@@ -149,7 +149,7 @@ CONFIG_STUDY = {
     "trigonometric, lr 5e-3": dict(interpolant=_TRIG, learning_rate=5e-3, **_W128D3),
     "trigonometric, lr 5e-3, depth 4": dict(
         interpolant=_TRIG, learning_rate=5e-3, width=128, depth=4),
-    "linear, lr 5e-3, depth 4 (tuned, d > 16)": dict(
+    "linear, lr 5e-3, depth 4 (tuned row until stop 13, d > 16)": dict(
         interpolant=_LIN, learning_rate=5e-3, width=128, depth=4),
     "linear, lr 2e-3, time ~ Beta(2, 1) (more t near the data)": dict(
         interpolant=_LIN, learning_rate=2e-3, time_sampler=nsi.BetaTime(2.0, 1.0), **_W128D3
