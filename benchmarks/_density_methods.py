@@ -289,17 +289,17 @@ def _flowjax_fit_objects():
     return _FLOWJAX_LOSS, _FLOWJAX_OPTIMIZER
 
 
-def flowjax_patience(n_train: int, epochs: int) -> int:
+def flowjax_patience(n_train: int, epochs: int, batch_size: int = BATCH_SIZE) -> int:
     """Patience in epochs for `fit_to_data`, by `nsi.fit`'s own rule: at least 20 validation
     rounds of >= 100 steps (2000 steps), or a fifth of the planned run if longer. Both return
     their best-validation parameters. (Until stop 12 flowjax got ~300 steps, fit_to_data's
     default 5 epochs raised to about 300 steps: on 9 of 11 sets it stopped with up to half its
     budget unused, while fit kept training; the budget curve shows what that cost it.)"""
-    return max(math.ceil(2000 / epoch_steps(n_train)), math.ceil(epochs / 5))
+    return max(math.ceil(2000 / epoch_steps(n_train, batch_size)), math.ceil(epochs / 5))
 
 
 def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=None,
-                  patience_fraction: float | None = None):
+                  patience_fraction: float | None = None, batch_size: int = BATCH_SIZE):
     """flowjax `fit_to_data` for `budget` seconds, patience by `flowjax_patience`;
     `patience_fraction` sets the patience to that fraction of the planned epochs instead."""
     from flowjax.train import fit_to_data
@@ -310,17 +310,17 @@ def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=No
     whitening = Whitening(train)
     data = jnp.asarray(whitening.forward(train))
     loss_fn, optimizer = _flowjax_fit_objects()
-    steps_per_epoch = epoch_steps(train.shape[0])
+    steps_per_epoch = epoch_steps(train.shape[0], batch_size)
 
     def patience_for(epochs):
         if patience_fraction is not None:
             return max(math.ceil(patience_fraction * epochs), 1)
-        return flowjax_patience(train.shape[0], epochs)
+        return flowjax_patience(train.shape[0], epochs, batch_size)
 
     def fit(epochs):
         return fit_to_data(
             key_fit, make_flowjax(kind, key_init, dim, nn_width), data, loss_fn=loss_fn,
-            optimizer=optimizer, max_epochs=epochs, batch_size=BATCH_SIZE,
+            optimizer=optimizer, max_epochs=epochs, batch_size=batch_size,
             max_patience=patience_for(epochs), show_progress=False,
         )
 
@@ -328,10 +328,10 @@ def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=No
         (_, losses), wall, cpu = _timed(fit, max(math.ceil(steps / steps_per_epoch), 1))
         return len(losses["train"]) * steps_per_epoch, _budget_seconds(wall, cpu)
 
-    rate, overhead = calibrate((label, nn_width, train.shape[1]), run, 100, 400)
+    rate, overhead = calibrate((label, nn_width, train.shape[1], batch_size), run, 100, 400)
     epochs = max(math.ceil(steps_for_budget(rate, overhead, budget) / steps_per_epoch), 1)
     (flow, losses), wall, cpu = _timed(fit, epochs)
-    recalibrate((label, nn_width, train.shape[1]), len(losses["train"]) * steps_per_epoch,
+    recalibrate((label, nn_width, train.shape[1], batch_size), len(losses["train"]) * steps_per_epoch,
                 _budget_seconds(wall, cpu), budget, stopped_early=len(losses["train"]) < epochs)
 
     @eqx.filter_jit
