@@ -9,8 +9,13 @@ that data set's group (CPU seconds, calibrated as there), and prints the held-ou
 paired difference to the first batch size of the same method (same held-out points; the s.e.
 is that of the per-point differences).
 
+With `--seeds K` every fit is repeated with K training keys (the first is the benchmark's; the
+split and held-out points stay), and a summary line gives the mean NLL and the standard
+deviation between seeds: the training noise that the held-out standard error does not include.
+
 Run: `.venv/bin/python benchmarks/batch_size_check.py checkerboard` (~6 minutes on an idle core);
-options: `--batches 512,256`, `--flowjax coupling` (or `maf`, or `none`), `--budget SECONDS`.
+options: `--batches 512,256`, `--flowjax coupling` (or `maf`, or `none`), `--budget SECONDS`,
+`--seeds K`.
 """
 import argparse
 import os
@@ -21,6 +26,7 @@ os.environ.setdefault(
 )
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,32 +43,45 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=None,
                         help="training CPU seconds (default: the main table's for the data set)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=1, help="training keys per fit")
     args = parser.parse_args(argv)
     data = load_dataset(args.dataset, seed=args.seed)
     budget = args.budget or density.BUDGETS[data.group]
     batches = [int(b) for b in args.batches.split(",")]
-    methods = {"numpyro_si": lambda b: train_siflow(
-        jax.random.key(args.seed + 1), data.train, budget, label=f"numpyro_si b{b}",
-        options=dict(batch_size=b))}
+    def key(s):  # s = 0: the density benchmark's training key
+        return jax.random.key(args.seed + 1 + 1000 * s)
+
+    methods = {"numpyro_si": lambda b, s: train_siflow(
+        key(s), data.train, budget, label=f"numpyro_si b{b}", options=dict(batch_size=b))}
     if args.flowjax != "none":
-        methods[f"flowjax {args.flowjax}"] = lambda b: train_flowjax(
-            jax.random.key(args.seed + 1), data.train, budget, kind=args.flowjax, batch_size=b,
+        methods[f"flowjax {args.flowjax}"] = lambda b, s: train_flowjax(
+            key(s), data.train, budget, kind=args.flowjax, batch_size=b,
             label=f"flowjax {args.flowjax} b{b}")
     print(f"{args.dataset}: d = {data.dim}, {data.train.shape[0]} training points, budget"
           f" {budget:.0f} CPU s\n")
-    print("| method | batch | steps | fit CPU s | held-out NLL | vs first batch (paired) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| method | batch | seed | steps | fit CPU s | held-out NLL | vs first batch (paired) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    summary = []
     for method, train in methods.items():
-        first = None
-        for b in batches:
-            row, _, values = density.evaluate(train(b), data, jax.random.key(args.seed + 2),
-                                              n_samples=0)
-            first = values if first is None else first
-            diff = first - values  # NLL(this) - NLL(first), per point
-            print(f"| {method} | {b} | {row['steps']} | {row['train_cpu']:.0f} |"
-                  f" {row['nll']:.3f} ± {row['nll_se']:.3f} |"
-                  f" {diff.mean():+.4f} ± {standard_error(diff):.4f} |", flush=True)
-            jax.clear_caches()
+        for s in range(args.seeds):
+            first = None
+            for b in batches:
+                row, _, values = density.evaluate(train(b, s), data,
+                                                  jax.random.key(args.seed + 2), n_samples=0)
+                first = values if first is None else first
+                diff = first - values  # NLL(this) - NLL(first), per point
+                summary.append((method, b, row["nll"]))
+                print(f"| {method} | {b} | {s} | {row['steps']} | {row['train_cpu']:.0f} |"
+                      f" {row['nll']:.3f} ± {row['nll_se']:.3f} |"
+                      f" {diff.mean():+.4f} ± {standard_error(diff):.4f} |", flush=True)
+                jax.clear_caches()
+    if args.seeds > 1:
+        print()
+        for method in methods:
+            for b in batches:
+                nll = np.array([v for m, bb, v in summary if m == method and bb == b])
+                print(f"{method}, batch {b}: mean NLL over {len(nll)} seeds {nll.mean():.3f},"
+                      f" sd between seeds {nll.std(ddof=1):.3f}")
 
 
 if __name__ == "__main__":

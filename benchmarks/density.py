@@ -84,11 +84,13 @@ QUICK_BUDGETS = {"2d": 8.0, "posterior": 10.0, "real": 10.0}
 
 # The tuned numpyro_si configuration: fit's defaults with batches of 256 instead of 512. A step
 # on 256 points costs less than half one on 512 (cache-sized matrices), so at equal CPU seconds
-# the fit sees more data; exploratory paired runs at the main table's budgets (stop 13) gave
-# checkerboard -0.014 ± 0.003 nats, sbibm two_moons -0.020 ± 0.006, sbibm gaussian_linear
-# -0.002 ± 0.006. (Until stop 13 the tuned row was a deeper network, width 64, depth 8 up to 16
-# dimensions, 128 x 4 above: better at equal steps, but it lost to the defaults at equal time
-# on 6 of 11 data sets in the stop-12 table.)
+# the fit sees more data. Evidence is mixed (stop 13): an exploratory paired run on checkerboard
+# gave -0.014 ± 0.003 nats against 512, `benchmarks/batch_size_check.py checkerboard` +0.005 ±
+# 0.003 (training noise exceeds the paired s.e.), and flowjax gains as much from 256 there; in
+# the stop-13 table it is within ±0.03 nats of the defaults on 9 of 11 sets. (Until stop 13 the
+# tuned row was a deeper network, width 64, depth 8 up to 16 dimensions, 128 x 4 above: better
+# at equal steps, but it lost to the defaults at equal time on 6 of 11 data sets in the stop-12
+# table.)
 TUNED_BATCH_SIZE = 256
 
 
