@@ -426,10 +426,8 @@ def save_figure(data: Dataset, samples: dict[str, np.ndarray], path: Path):
 
     # samples of methods run by other invocations (--methods subsets) are kept in a side file, so
     # the figure always shows every method measured on the data set (1000 draws each)
-    cache = path.with_name(f"{path.stem}_samples.npz")
-    stored = dict(np.load(cache)) if cache.exists() else {}
-    stored.update({m: np.asarray(x[:1000]) for m, x in samples.items()})
-    np.savez_compressed(cache, **stored)
+    stored = _update_npz(path.with_name(f"{path.stem}_samples.npz"),
+                         {m: np.asarray(x[:1000]) for m, x in samples.items()})
     order = {m: i for i, m in enumerate(METHODS)}
     samples = {m: stored[m] for m in sorted(stored, key=lambda m: order.get(m, 99))}
     panels = {"held-out data": data.test, **samples}
@@ -517,13 +515,8 @@ def heldout_path(name: str) -> Path:
 def save_heldout(name: str, values: dict[str, np.ndarray]) -> None:
     """Add this run's per-point held-out log densities to the data set's side file (methods of
     other runs are kept), atomically. They make the NLL differences paired (`paired_se`)."""
-    path = heldout_path(name)
-    stored = dict(np.load(path)) if path.exists() else {}
-    stored.update({m: np.asarray(v, dtype=np.float32) for m, v in values.items()})
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(f, **stored)
-    os.replace(tmp, path)
+    _update_npz(heldout_path(name),
+                {m: np.asarray(v, dtype=np.float32) for m, v in values.items()})
 
 
 def paired_se(name: str | None, row: dict, other: dict) -> float | None:
@@ -548,13 +541,20 @@ def nll_verdict(row: dict, best: dict, name: str | None = None) -> tuple[str, fl
     """Is `row`'s NLL at most `best`'s: "yes", "within 2 s.e." or "**no**", the difference and
     its standard error: paired on the held-out points when both rows' values are stored,
     else from the two NLLs' standard errors (conservative: the points are shared)."""
+    return _nll_comparison(row, best, name)[:3]
+
+
+def _nll_comparison(row: dict, best: dict, name: str | None) -> tuple[str, float, float, bool]:
+    """`nll_verdict` and whether its standard error is paired."""
     diff = row["nll"] - best["nll"]
     se = paired_se(name, row, best)
-    if se is None:
+    paired = se is not None
+    if not paired:
         se = math.hypot(row["nll_se"], best["nll_se"])
     if not math.isfinite(diff):
-        return "**no**", diff, se
-    return ("yes" if diff <= 0 else "within 2 s.e." if diff <= 2 * se else "**no**"), diff, se
+        return "**no**", diff, se, paired
+    verdict = "yes" if diff <= 0 else "within 2 s.e." if diff <= 2 * se else "**no**"
+    return verdict, diff, se, paired
 
 
 def goal_summary(results: dict) -> list[str]:
@@ -808,9 +808,9 @@ def render(results: dict) -> str:
             if label not in rows:
                 cells += ["—", "—"]
                 continue
-            verdict, diff, se = nll_verdict(rows[label], best, name)
-            paired = ", paired" if paired_se(name, rows[label], best) is not None else ""
-            cells += [f"{rows[label]['nll']:.3f}", f"{verdict} ({diff:+.3f} ± {se:.3f}{paired})"]
+            verdict, diff, se, paired = _nll_comparison(rows[label], best, name)
+            cells += [f"{rows[label]['nll']:.3f}",
+                      f"{verdict} ({diff:+.3f} ± {se:.3f}{', paired' if paired else ''})"]
         lines.append(
             f"| {name} | {best['nll']:.3f} ({best['method'].removeprefix('flowjax ')}) | "
             + " | ".join(cells) + " |"
@@ -1106,12 +1106,27 @@ def _merge_study(path: Path, name: str, rows: list[dict], command: str, *, row_k
     return stored[name]
 
 
-def _write_json(path: Path, data) -> None:
-    """Write atomically: a run stopped mid-write leaves the previous file, not half of one."""
+def _write_atomically(path: Path, write) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename it over `path`: a run
+    stopped mid-write leaves the previous file, not half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, data) -> None:
+    _write_atomically(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
+
+
+def _update_npz(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Add `arrays` to the side file `path` (entries of other runs are kept), atomically;
+    returns everything it now holds."""
+    stored = dict(np.load(path)) if path.exists() else {}
+    stored.update(arrays)
+    _write_atomically(path, lambda f: np.savez_compressed(f, **stored))
+    return stored
 
 
 def main(argv=None):
