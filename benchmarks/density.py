@@ -162,6 +162,9 @@ CONFIG_STUDY = {
     "linear, lr 2e-3, depth 4": dict(interpolant=_LIN, learning_rate=2e-3, width=128, depth=4),
     "linear, lr 2e-3, width 256": dict(interpolant=_LIN, learning_rate=2e-3, width=256, depth=3),
 }
+# The training-throughput table measures one data set per dimension of these (the issue's
+# d = 2, 10, 64; flowjax's pilots at d = 30 alone took over 10 minutes in stop 13).
+THROUGHPUT_DIMS = (2, 10, 64)
 # Likelihood-solver variants measured on the default numpyro_si flow of every data set.
 SOLVER_VARIANTS = {
     "Tsit5 adaptive, tol 1e-5 (default)": {},
@@ -229,6 +232,24 @@ def evaluate(trained: Trained, data: Dataset, key, n_samples: int = 2000
         if trained.nfe_sample is not None:
             row["nfe_sample"] = float(np.mean(np.asarray(trained.nfe_sample(key, 1000))))
     return row, samples, values
+
+
+def more_keys(method: str, key, data: Dataset, budget: float, first: np.ndarray, seeds: int
+              ) -> tuple[list[float], np.ndarray | None]:
+    """Fit `method` again with keys 1..seeds-1 (folded into the first fit's `key`) under the
+    same budget; returns the NLL of every key's fit (the first from `first`, its held-out log
+    densities) and the per-point log densities averaged over keys (None if any is not
+    finite). Only the held-out NLL is measured for the extra fits."""
+    values = [first]
+    for j in range(1, seeds):
+        trained = METHODS[method](jax.random.fold_in(key, j), data.train, budget)
+        values.append(chunked_log_prob(trained.log_prob, data.test)[0])
+        nll = -np.mean(values[-1])
+        print(f"  {method:18s} key {j}: train {trained.train_cpu:5.1f}s CPU ({trained.steps}"
+              f" steps)  NLL {nll:.3f}", flush=True)
+    nlls = [float(-np.mean(v)) if np.isfinite(v).all() else float("inf") for v in values]
+    stacked = np.stack(values).astype(np.float64)
+    return nlls, stacked.mean(0) if np.isfinite(stacked).all() else None
 
 
 def config_study(data: Dataset, steps: int, only: list[str] | None = None) -> list[dict]:
@@ -537,6 +558,21 @@ def paired_se(name: str | None, row: dict, other: dict) -> float | None:
     return standard_error(a - b)
 
 
+KEY_MEAN = " (mean over keys)"  # held-out values of a row's key-averaged log densities
+
+
+def key_nll(row: dict) -> float:
+    """A row's NLL averaged over its training keys (`--seeds`), else its one NLL."""
+    keys = row.get("nll_keys") or []
+    return float(np.mean(keys)) if len(keys) > 1 else row["nll"]
+
+
+def between_key_se(row: dict) -> float:
+    """Standard error of `key_nll` from the spread between training keys (0 for one key)."""
+    keys = row.get("nll_keys") or []
+    return float(np.std(keys, ddof=1) / math.sqrt(len(keys))) if len(keys) > 1 else 0.0
+
+
 def nll_verdict(row: dict, best: dict, name: str | None = None) -> tuple[str, float, float]:
     """Is `row`'s NLL at most `best`'s: "yes", "within 2 s.e." or "**no**", the difference and
     its standard error: paired on the held-out points when both rows' values are stored,
@@ -545,12 +581,23 @@ def nll_verdict(row: dict, best: dict, name: str | None = None) -> tuple[str, fl
 
 
 def _nll_comparison(row: dict, best: dict, name: str | None) -> tuple[str, float, float, bool]:
-    """`nll_verdict` and whether its standard error is paired."""
-    diff = row["nll"] - best["nll"]
-    se = paired_se(name, row, best)
+    """`nll_verdict` and whether its standard error is paired.
+
+    Rows trained with several keys (`--seeds`) are compared by their NLLs averaged over keys;
+    the standard error then adds the between-key (training-noise) standard errors of both rows
+    to the held-out one, which is paired on the key-averaged per-point log densities when
+    those are stored."""
+    diff = key_nll(row) - key_nll(best)
+    if len(row.get("nll_keys") or []) > 1 or len(best.get("nll_keys") or []) > 1:
+        means = [dict(r, method=r["method"] + KEY_MEAN, nll=key_nll(r))
+                 if len(r.get("nll_keys") or []) > 1 else r for r in (row, best)]
+        se = paired_se(name, *means)
+    else:
+        se = paired_se(name, row, best)
     paired = se is not None
     if not paired:
         se = math.hypot(row["nll_se"], best["nll_se"])
+    se = math.sqrt(se**2 + between_key_se(row) ** 2 + between_key_se(best) ** 2)
     if not math.isfinite(diff):
         return "**no**", diff, se, paired
     verdict = "yes" if diff <= 0 else "within 2 s.e." if diff <= 2 * se else "**no**"
@@ -568,7 +615,7 @@ def goal_summary(results: dict) -> list[str]:
             flowjax_rows = [r for m, r in rows.items() if m.startswith("flowjax")]
             if label in rows and flowjax_rows:
                 total += 1
-                best = min(flowjax_rows, key=lambda r: r["nll"])
+                best = min(flowjax_rows, key=key_nll)
                 if nll_verdict(rows[label], best, name)[0] == "yes":
                     wins.append(name)
         if total:
@@ -691,6 +738,14 @@ def defaults_section(results: dict) -> list[str]:
     ]
 
 
+def _key_cell(row: dict) -> str:
+    """A row's NLL for the goal table: over its training keys when it has several."""
+    keys = row.get("nll_keys") or []
+    if len(keys) > 1:
+        return f"{key_nll(row):.3f} (mean of {len(keys)} keys, s.d. {np.std(keys, ddof=1):.3f})"
+    return f"{row['nll']:.3f}"
+
+
 def render(results: dict) -> str:
     meta = results["meta"]
     lines = [
@@ -791,7 +846,12 @@ def render(results: dict) -> str:
         " when computed from the per-point differences on the shared held-out points (both"
         " rows' log densities stored in `<data set>_heldout_log_prob.npz`), else from the two"
         " NLLs' standard errors (conservative: the points are shared). \"within 2 s.e.\": the"
-        " difference is positive but below twice its standard error.",
+        " difference is positive but below twice its standard error. Rows fitted with several"
+        " training keys (`--seeds K`: the same budget, split and calibration, other keys for"
+        " initialisation, batches and times) are compared by their NLLs averaged over keys;"
+        " their standard error adds each row's between-key standard error (s.d. / sqrt(K),"
+        " the training noise) to the held-out one (paired on the key-averaged log"
+        " densities). The main table shows the first key's fit.",
         "",
         "| data set | best flowjax NLL | numpyro_si defaults | ≤ best flowjax? |"
         " numpyro_si tuned | ≤ best flowjax? |",
@@ -802,17 +862,17 @@ def render(results: dict) -> str:
         flowjax_rows = [r for m, r in rows.items() if m.startswith("flowjax")]
         if not flowjax_rows or "numpyro_si" not in rows:
             continue
-        best = min(flowjax_rows, key=lambda r: r["nll"])
+        best = min(flowjax_rows, key=key_nll)
         cells = []
         for label in ("numpyro_si", TUNED_LABEL):
             if label not in rows:
                 cells += ["—", "—"]
                 continue
             verdict, diff, se, paired = _nll_comparison(rows[label], best, name)
-            cells += [f"{rows[label]['nll']:.3f}",
+            cells += [_key_cell(rows[label]),
                       f"{verdict} ({diff:+.3f} ± {se:.3f}{', paired' if paired else ''})"]
         lines.append(
-            f"| {name} | {best['nll']:.3f} ({best['method'].removeprefix('flowjax ')}) | "
+            f"| {name} | {_key_cell(best)} ({best['method'].removeprefix('flowjax ')}) | "
             + " | ".join(cells) + " |"
         )
     lines += ["", *goal_summary(results)]
@@ -1046,7 +1106,18 @@ def parse_args(argv=None):
                         " every docs/figures/density/results*.json, so runs on disjoint data"
                         " sets can go side by side (e.g. --results .../results-highd.json)")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train each of --seed-methods with this many training keys (the"
+                        " first is the main table's fit; the others add their held-out NLLs,"
+                        " and the goal verdicts compare means over keys)")
+    parser.add_argument("--seed-methods", default="numpyro_si,flowjax coupling,flowjax MAF",
+                        help="methods that --seeds applies to (comma-separated)")
+    parser.add_argument("--no-throughput", action="store_true",
+                        help="skip the training-throughput table (solver table still runs)")
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1, got {args.seeds}")
+    return args
 
 
 def _read_store(store: Path, quick: bool) -> dict:
@@ -1140,7 +1211,8 @@ def main(argv=None):
     for name in names + config_names + curve_names:
         if name not in ALL_DATASETS:
             raise SystemExit(f"unknown data set {name!r}; choose from {', '.join(ALL_DATASETS)}")
-    for method in methods + curve_methods:
+    seed_methods = [m.strip() for m in args.seed_methods.split(",") if m.strip()]
+    for method in methods + curve_methods + seed_methods:
         if method not in METHODS:
             raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     set_clock(args.clock)
@@ -1201,14 +1273,19 @@ def main(argv=None):
                 f" / {row.get('nfe_sample', float('nan')):.1f}",
                 flush=True,
             )
+            if args.seeds > 1 and method in seed_methods:
+                row["nll_keys"], mean_values = more_keys(method, key, data, budget, values,
+                                                         args.seeds)
+                if mean_values is not None:
+                    heldout[method + KEY_MEAN] = mean_values
         results["datasets"][name] = {
             "dim": data.dim, "n_train": int(data.train.shape[0]),
             "n_test": int(data.test.shape[0]), "description": data.description,
             "entropy": data.entropy, "notes": data.notes, "budget": budget, "rows": rows,
             "command": command,
         }
-        save_figure(data, samples, FIGURES / f"{name}.png")
-        if not args.quick:
+        if not args.quick:  # a smoke run's figures would replace the real ones
+            save_figure(data, samples, FIGURES / f"{name}.png")
             save_heldout(name, heldout)
         if not args.no_studies and default_flow is not None:
             study = solver_study(default_flow, data, reference_rate)
@@ -1250,12 +1327,14 @@ def main(argv=None):
             machine=results["meta"]["machine"],
         )
 
-    measured_throughput = not args.no_studies and bool(loaded)
+    measured_throughput = not (args.no_studies or args.no_throughput) and any(
+        data.dim in THROUGHPUT_DIMS for data in loaded.values())
     if measured_throughput:
         print("\n== training throughput", flush=True)
         by_dim = {}
         for name, data in loaded.items():
-            by_dim.setdefault(data.dim, (name, data))
+            if data.dim in THROUGHPUT_DIMS:
+                by_dim.setdefault(data.dim, (name, data))
         results["throughput"] = [dict(row, command=command)
                                  for row in throughput_study(dict(by_dim.values()))]
     if not args.quick:

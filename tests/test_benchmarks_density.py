@@ -130,3 +130,42 @@ def test_study_store_keeps_rows_not_rerun_and_lists_commands(tmp_path):
     # a --quick run reports its rows but writes nothing
     quick = density._merge_study(path, "toy", [], "cmd 3", row_key=key, sort_key=order, write=False)
     assert quick["rows"] == [] and json.loads(path.read_text())["toy"] == entry
+
+
+def test_verdict_over_training_keys_adds_the_between_key_noise(tmp_path, monkeypatch):
+    density = pytest.importorskip("density")
+    monkeypatch.setattr(density, "FIGURES", tmp_path)
+    rng = np.random.default_rng(1)
+    shared = rng.normal(size=4000) * 2.0
+    # three keys per method: per-point log densities of each fit, the fits' NLLs spread by
+    # training noise (0.03) far above the paired held-out s.e.
+    fits_a = [shared + s + 0.01 * rng.normal(size=4000) for s in (0.00, 0.03, -0.03)]
+    fits_b = [shared + s + 0.01 * rng.normal(size=4000) for s in (0.02, 0.02, 0.02)]
+
+    def row(method, fits):
+        return {"method": method, "nll": float(-fits[0].mean()),
+                "nll_se": standard_error(fits[0]),
+                "nll_keys": [float(-f.mean()) for f in fits]}
+
+    a, b = row("numpyro_si", fits_a), row("flowjax MAF", fits_b)
+    assert density.key_nll(a) == pytest.approx(np.mean(a["nll_keys"]))
+    assert density.between_key_se(a) == pytest.approx(0.03 / math.sqrt(3), rel=0.02)
+    mean_a, mean_b = np.mean(fits_a, 0), np.mean(fits_b, 0)
+    density.save_heldout("toy", {"numpyro_si": fits_a[0], "flowjax MAF": fits_b[0],
+                                 "numpyro_si" + density.KEY_MEAN: mean_a,
+                                 "flowjax MAF" + density.KEY_MEAN: mean_b})
+    verdict, diff, se, paired = density._nll_comparison(a, b, "toy")
+    assert paired and diff == pytest.approx(-mean_a.mean() + mean_b.mean(), abs=1e-5)
+    expected = math.sqrt(standard_error(mean_a - mean_b) ** 2 + density.between_key_se(a) ** 2
+                         + density.between_key_se(b) ** 2)
+    assert se == pytest.approx(expected, rel=1e-3)
+    # the first keys alone: a 0.02-nat loss with a tiny paired s.e., "no"; over keys the
+    # loss is as large but its s.e. carries the training noise, and it is within 2 s.e.
+    first_keys = density._nll_comparison({k: v for k, v in a.items() if k != "nll_keys"},
+                                         {k: v for k, v in b.items() if k != "nll_keys"}, "toy")
+    assert first_keys[0] == "**no**" and first_keys[2] < se / 10
+    assert verdict == "within 2 s.e." and diff == pytest.approx(0.02, abs=2e-3)
+    # a row with one key against a row with several: that row's key mean, the other's one fit
+    single = {k: v for k, v in a.items() if k != "nll_keys"}
+    verdict, diff, se, paired = density._nll_comparison(single, b, "toy")
+    assert paired and diff == pytest.approx(a["nll"] - density.key_nll(b), abs=1e-5)
