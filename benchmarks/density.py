@@ -51,6 +51,9 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import diffrax  # noqa: E402
+from _bench_io import update_npz as _update_npz  # noqa: E402
+from _bench_io import write_json as _write_json  # noqa: E402
+from _bench_io import write_text as _write_text  # noqa: E402
 from _density_data import ALL_DATASETS, Dataset, load_dataset, standard_error  # noqa: E402
 from _density_methods import (  # noqa: E402
     BATCH_SIZE,
@@ -1027,7 +1030,7 @@ def write_docs(results: dict, path: Path = DOCS):
         text = text[:start] + section + text[end:]
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    _write_text(path, text)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1175,29 +1178,6 @@ def _merge_study(path: Path, name: str, rows: list[dict], command: str, *, row_k
     if write:
         _write_json(path, stored)
     return stored[name]
-
-
-def _write_atomically(path: Path, write) -> None:
-    """`write(file)` into a temporary file beside `path`, then rename it over `path`: a run
-    stopped mid-write leaves the previous file, not half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data) -> None:
-    _write_atomically(path, lambda f: f.write(json.dumps(data, indent=1).encode()))
-
-
-def _update_npz(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Add `arrays` to the side file `path` (entries of other runs are kept), atomically;
-    returns everything it now holds."""
-    stored = dict(np.load(path)) if path.exists() else {}
-    stored.update(arrays)
-    _write_atomically(path, lambda f: np.savez_compressed(f, **stored))
-    return stored
 
 
 def main(argv=None):

@@ -18,6 +18,9 @@ import jax.numpy as jnp
 
 import numpyro_si as nsi
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_io import write_text  # noqa: E402
+
 # Measured when fit's defaults were the one-sided linear interpolant with lr 2e-3 and a FieldMLP
 # of width 128, depth 3; every row spells that baseline out (BASE), so the table keeps its meaning
 # after the defaults changed (lr 5e-3, and width 64, depth 6 for d <= 16; evidence:
@@ -87,7 +90,7 @@ def main(out: Path = DEFAULT_OUT):
         text = text[:start] + section + (text[end + 1 :] if end != -1 else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    out.write_text(text)
+    write_text(out, text)
     print(f"wrote {out}")
 
 

@@ -62,6 +62,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import logsumexp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_io import write_json, write_text  # noqa: E402
+
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 START, END = "<!-- mcmc:start -->", "<!-- mcmc:end -->"
 N_CHAINS = 16
@@ -487,7 +490,7 @@ def write_region(out: Path, rows: list[str], header_lines: list[str]):
     else:
         text = text.rstrip("\n") + "\n\n## MCMC: SIFlow boosting against NUTS, flowMC, NeuTra\n\n" \
             + region + "\n"
-    out.write_text(text)
+    write_text(out, text)
 
 
 def header_lines(args, budget: Budget) -> list[str]:
@@ -563,7 +566,7 @@ def main(argv=None):
                 write_region(DEFAULT_OUT, rows, header_lines(args, budget))
 
     if args.json:
-        args.json.write_text(json.dumps(raw, indent=1, default=str))
+        write_json(args.json, raw, default=str)
 
 
 if __name__ == "__main__":

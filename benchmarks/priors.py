@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -58,6 +59,9 @@ from numpyro.infer.reparam import TransformReparam
 from numpyro.infer.util import initialize_model
 
 import numpyro_si as nsi
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_io import write_text  # noqa: E402
 
 START, END = "<!-- priors:start -->", "<!-- priors:end -->"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -249,7 +253,7 @@ def write_region(text_lines: list[str], out: Path = OUT) -> None:
         text = text[: text.index(START)] + region + text[text.index(END) + len(END):]
     else:
         text = text.rstrip("\n") + "\n\n" + region + "\n"
-    out.write_text(text)
+    write_text(out, text)
 
 
 def main(argv=None):

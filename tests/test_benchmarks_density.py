@@ -169,3 +169,23 @@ def test_verdict_over_training_keys_adds_the_between_key_noise(tmp_path, monkeyp
     single = {k: v for k, v in a.items() if k != "nll_keys"}
     verdict, diff, se, paired = density._nll_comparison(single, b, "toy")
     assert paired and diff == pytest.approx(a["nll"] - density.key_nll(b), abs=1e-5)
+
+
+def test_atomic_writes_leave_the_previous_file_when_a_write_fails(tmp_path):
+    from _bench_io import update_npz, write_atomically, write_json, write_text
+
+    path = tmp_path / "out.md"
+    write_text(path, "first")
+
+    def broken(f):
+        f.write(b"half of the new fi")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, broken)
+    assert path.read_text() == "first" and list(tmp_path.iterdir()) == [path]
+    write_json(tmp_path / "a.json", {"x": 1})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+    update_npz(tmp_path / "s.npz", {"a": np.arange(3)})
+    stored = update_npz(tmp_path / "s.npz", {"b": np.ones(2)})
+    assert sorted(stored) == ["a", "b"] and np.array_equal(np.load(tmp_path / "s.npz")["a"], np.arange(3))
