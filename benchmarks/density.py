@@ -168,6 +168,8 @@ CONFIG_STUDY = {
 # The training-throughput table measures one data set per dimension of these (the issue's
 # d = 2, 10, 64; flowjax's pilots at d = 30 alone took over 10 minutes in stop 13).
 THROUGHPUT_DIMS = (2, 10, 64)
+CHECKED_VARIANT = "Tsit5, fewest fixed steps within 0.01 nats on 1000 training points"
+CHECK_POINTS, CHECK_MAX_ERROR = 1000, 1e-2
 # Likelihood-solver variants measured on the default numpyro_si flow of every data set.
 SOLVER_VARIANTS = {
     "Tsit5 adaptive, tol 1e-5 (default)": {},
@@ -178,6 +180,9 @@ SOLVER_VARIANTS = {
     "Tsit5, 4 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=4)),
     "Tsit5, 2 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=2)),
     "Heun, 8 fixed steps": dict(likelihood_solver=nsi.ODESampler(diffrax.Heun(), n_steps=8)),
+    # fixed steps chosen by `flow.with_fixed_step_likelihood` on training points, then measured
+    # on the held-out ones like every other variant (an out-of-sample check of that method)
+    CHECKED_VARIANT: "checked",
 }
 
 
@@ -352,7 +357,13 @@ def solver_study(flow: nsi.SIFlow, data: Dataset, reference_rate: float | None) 
     rows = []
     baseline = None
     for name, options in SOLVER_VARIANTS.items():
-        variant = flow.with_sampler(**options) if options else flow
+        extra = {}
+        if options == "checked":
+            variant, report = flow.with_fixed_step_likelihood(data.train[:CHECK_POINTS],
+                                                               max_error=CHECK_MAX_ERROR)
+            extra = {"n_steps": report["n_steps"], "check_error": report["max_error"]}
+        else:
+            variant = flow.with_sampler(**options) if options else flow
         log_prob, _, _ = siflow_evaluators(variant)
         values, nfe, elapsed, n_eval = chunked_log_prob(log_prob, x)
         if baseline is None:
@@ -367,6 +378,7 @@ def solver_study(flow: nsi.SIFlow, data: Dataset, reference_rate: float | None) 
             "nfe_max": float(np.max(nfe)),
             "log_prob_per_s": rate,
             "cost_vs_flowjax": (reference_rate / rate) if reference_rate else None,
+            **extra,
         })
     return rows
 
@@ -660,12 +672,20 @@ def goal_summary(results: dict) -> list[str]:
         # every point (a biased solve can move the mean NLL either way)
         accurate = [r for r in rows if r["max_abs_change"] <= 0.01]
         cheapest = min(accurate, key=lambda r: r["cost_vs_flowjax"])
+        checked = next((r for r in rows if r["variant"] == CHECKED_VARIANT), None)
+        checked_text = ""
+        if checked is not None:
+            checked_text = (
+                " `with_fixed_step_likelihood` on training points: "
+                + (f"{checked['n_steps']} steps, {checked['cost_vs_flowjax']:.0f}x, at most"
+                   f" {checked['max_abs_change']:.3f} nats from the default on the held-out"
+                   " points" if checked.get("n_steps") else "kept the adaptive solve") + ".")
         out.append(
             f"- log_prob cost, {name} (d = {entry['dim']}): default solve {default['nfe_log_prob']:.0f}"
             f" evaluations, {default['cost_vs_flowjax']:.0f}x a flowjax coupling log_prob;"
-            f" cheapest solve within 0.01 nats of it at every point: {cheapest['variant']},"
+            f" cheapest solve within 0.01 nats of it at every point: {_variant_label(cheapest)},"
             f" {cheapest['nfe_log_prob']:.0f} evaluations, {cheapest['cost_vs_flowjax']:.0f}x"
-            " (goal at d = 10: 20x)."
+            " (goal at d = 10: 20x)." + checked_text
         )
     return out
 
@@ -739,6 +759,15 @@ def defaults_section(results: dict) -> list[str]:
         f" {delta('linear, lr 2e-3, time ~ Beta(1')}.",
         "- likelihood solver (solver table): " + ("; ".join(solver_notes) or "—") + ".",
     ]
+
+
+def _variant_label(row: dict) -> str:
+    """A solver-table row's label; the checked fixed-step row names the steps it chose."""
+    if row["variant"] != CHECKED_VARIANT:
+        return row["variant"]
+    if row.get("n_steps") is None:
+        return row["variant"] + ": none qualified, the adaptive solve kept"
+    return row["variant"] + f": {row['n_steps']} steps"
 
 
 def _key_cell(row: dict) -> str:
@@ -898,11 +927,19 @@ def render(results: dict) -> str:
             for i, row in enumerate(results["solver"][name]["rows"]):
                 lines.append(
                     f"| {name if i == 0 else ''} | {results['solver'][name]['dim'] if i == 0 else ''}"
-                    f" | {row['variant']} | {row['nll']:.3f} ± {row['nll_se']:.3f} |"
+                    f" | {_variant_label(row)} | {row['nll']:.3f} ± {row['nll_se']:.3f} |"
                     f" {row['max_abs_change']:.1e} | {row['nfe_log_prob']:.1f}"
                     f" ({row['nfe_max']:.0f}) | {_fmt(row['log_prob_per_s'])} |"
                     f" {_fmt(row['cost_vs_flowjax'], 1)}x |"
                 )
+        solver_commands = {}
+        for name in [n for n in ALL_DATASETS if n in results["solver"]]:
+            if "command" in results["solver"][name]:
+                solver_commands.setdefault(results["solver"][name]["command"], []).append(name)
+        if solver_commands:
+            lines += ["", "Solver rows from " + "; ".join(
+                f"`{c}` ({', '.join(names)})" for c, names in sorted(solver_commands.items()))
+                + " (other data sets: the main table's run)."]
         seen = {}
         for name in [n for n in ALL_DATASETS if n in results["solver"]]:
             entry = results["solver"][name]
@@ -1052,6 +1089,7 @@ def merged_results() -> dict:
         commands |= {e["command"] for e in part.get("datasets", {}).values() if "command" in e}
         commands |= {r["command"] for e in part.get("datasets", {}).values()
                      for r in e.get("rows", []) if "command" in r}
+        commands |= {e["command"] for e in part.get("solver", {}).values() if "command" in e}
         merged["meta"] = part["meta"]
     # the commands behind the rows shown (rows stored before they recorded their command fall
     # back to their file's command list)
@@ -1115,6 +1153,10 @@ def parse_args(argv=None):
                         " and the goal verdicts compare means over keys)")
     parser.add_argument("--seed-methods", default="numpyro_si,flowjax coupling,flowjax MAF",
                         help="methods that --seeds applies to (comma-separated)")
+    parser.add_argument("--solver-only", action="store_true",
+                        help="fit numpyro_si (and flowjax coupling, for the cost ratio, if in"
+                        " --methods) to redo the solver table only: the main table's rows and"
+                        " figures are left as stored")
     parser.add_argument("--no-throughput", action="store_true",
                         help="skip the training-throughput table (solver table still runs)")
     args = parser.parse_args(argv)
@@ -1195,6 +1237,8 @@ def main(argv=None):
     for method in methods + curve_methods + seed_methods:
         if method not in METHODS:
             raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if args.solver_only:  # only what the solver table needs: the flow and the cost reference
+        methods = [m for m in methods if m in ("numpyro_si", "flowjax coupling")]
     set_clock(args.clock)
     budgets = dict(QUICK_BUDGETS if args.quick else BUDGETS)
     if args.budget is not None:
@@ -1258,25 +1302,28 @@ def main(argv=None):
                                                          args.seeds)
                 if mean_values is not None:
                     heldout[method + KEY_MEAN] = mean_values
-        results["datasets"][name] = {
-            "dim": data.dim, "n_train": int(data.train.shape[0]),
-            "n_test": int(data.test.shape[0]), "description": data.description,
-            "entropy": data.entropy, "notes": data.notes, "budget": budget, "rows": rows,
-            "command": command,
-        }
-        if not args.quick:  # a smoke run's figures would replace the real ones
-            save_figure(data, samples, FIGURES / f"{name}.png")
-            save_heldout(name, heldout)
+        if not args.solver_only:  # --solver-only: the stored rows and figures stay
+            results["datasets"][name] = {
+                "dim": data.dim, "n_train": int(data.train.shape[0]),
+                "n_test": int(data.test.shape[0]), "description": data.description,
+                "entropy": data.entropy, "notes": data.notes, "budget": budget, "rows": rows,
+                "command": command,
+            }
+            if not args.quick:  # a smoke run's figures would replace the real ones
+                save_figure(data, samples, FIGURES / f"{name}.png")
+                save_heldout(name, heldout)
         if not args.no_studies and default_flow is not None:
             study = solver_study(default_flow, data, reference_rate)
             results["solver"][name] = {"dim": data.dim, "rows": study,
-                                       "flops": flop_counts(default_flow, data.dim)}
+                                       "flops": flop_counts(default_flow, data.dim),
+                                       "command": command}
             for row in study:
                 print(f"    solver {row['variant']:36s} NLL {row['nll']:.3f}  max change"
                       f" {row['max_abs_change']:.1e}  NFE {row['nfe_log_prob']:.1f}"
                       f"  {row['log_prob_per_s']:.0f}/s", flush=True)
         if not args.quick:
-            _write_store(store, results, datasets=[name], solver=[name] if name in results["solver"] else [])
+            _write_store(store, results, datasets=[] if args.solver_only else [name],
+                         solver=[name] if name in results["solver"] else [])
         # Every fit compiles afresh; a long run accumulates compiled executables until LLVM cannot
         # map more code ("Cannot allocate memory"), so drop them between data sets.
         jax.clear_caches()

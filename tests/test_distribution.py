@@ -532,3 +532,58 @@ def test_sampling_out_of_steps_raises(jit):
     sample = _sample if jit else (lambda f, k, n: f.sample(k, (n,)))
     with pytest.raises(RuntimeError, match="max_steps"):
         jax.block_until_ready(sample(flow, jax.random.key(0), 3))
+
+
+# ----------------------------------------------------------------------------------------------
+# a fixed-step likelihood checked against the adaptive solve
+# ----------------------------------------------------------------------------------------------
+
+
+def test_with_fixed_step_likelihood_takes_the_fewest_steps_within_max_error(x64):
+    target = _mixture(500, 2, 3)
+    flow, oracle = _oracle_flow("one-sided-linear", target, rtol=1e-8, atol=1e-8,
+                                likelihood_solver=nsi.ODESampler())
+    x, _ = oracle.target.sample(jax.random.key(0), 50)
+    candidates = (2, 4, 8, 16)
+    fast, report = flow.with_fixed_step_likelihood(x, max_error=1e-3, candidates=candidates)
+    k = report["n_steps"]
+    assert k in candidates and fast.likelihood_solver.n_steps == k
+    assert flow.likelihood_solver.n_steps is None  # the original is unchanged
+    assert report["adaptive_steps"] > k, report
+    # the reported error is the largest |difference| at the points, and it is within max_error;
+    # every smaller candidate was tried and failed
+    exact = _log_prob_with_info(flow, x)[0]
+    error = float(jnp.max(jnp.abs(_log_prob_with_info(fast, x)[0] - exact)))
+    assert report["max_error"] == pytest.approx(error, rel=1e-6) and error <= 1e-3
+    assert list(report["errors"]) == [c for c in candidates if c <= k]
+    assert all(report["errors"][c] > 1e-3 for c in candidates if c < k)
+    # against the analytic density too (the adaptive solve at 1e-8 is exact to ~1e-7 here)
+    assert float(jnp.max(jnp.abs(_log_prob_with_info(fast, x)[0] - oracle.target.log_prob(x)))) \
+        <= 1e-3 + 1e-6
+    # a looser requirement never needs more steps
+    looser, loose_report = flow.with_fixed_step_likelihood(x, max_error=1e-1, candidates=candidates)
+    assert loose_report["n_steps"] <= k
+    # no candidate good enough (or cheaper than the adaptive solve): the flow itself comes back
+    same, none = flow.with_fixed_step_likelihood(x, max_error=1e-14, candidates=(2, 4))
+    assert same is flow and none["n_steps"] is None and set(none["errors"]) == {2, 4}
+
+
+def test_with_fixed_step_likelihood_input_errors():
+    flow, _ = _gaussian_flow()  # a fixed-step likelihood already
+    x = jnp.zeros((5, 2))
+    with pytest.raises(ValueError, match="already has fixed steps"):
+        flow.with_fixed_step_likelihood(x)
+    adaptive = flow.with_sampler(likelihood_solver=nsi.ODESampler())
+    with pytest.raises(ValueError, match="max_error"):
+        adaptive.with_fixed_step_likelihood(x, max_error=0.0)
+    with pytest.raises(ValueError, match="candidates"):
+        adaptive.with_fixed_step_likelihood(x, candidates=(0, 4))
+    with pytest.raises(ValueError, match="shape"):
+        adaptive.with_fixed_step_likelihood(jnp.zeros((5, 3)))
+    with pytest.raises(ValueError, match=r"shape \(n, 2\)"):
+        adaptive.with_fixed_step_likelihood(jnp.zeros(2))
+    with pytest.raises(ValueError, match="NaN"):
+        adaptive.with_fixed_step_likelihood(x.at[0, 0].set(jnp.nan))
+    tiny_budget = flow.with_sampler(likelihood_solver=nsi.ODESampler(max_steps=1))
+    with pytest.raises(ValueError, match="ran out of steps"):
+        tiny_budget.with_fixed_step_likelihood(x + 1.0)
