@@ -142,6 +142,7 @@ def fit(
     val_prop: float = 0.1,
     val_repeats: int = 8,
     max_patience: int | None = None,
+    val_window: int = 5,
     min_steps_between_validations: int = 100,
     standardize: bool = True,
     show_progress: bool = True,
@@ -198,7 +199,13 @@ def fit(
     - `max_steps`: optimiser-step budget; `max_epochs` (default: enough epochs for `max_steps`).
     - `val_prop`: fraction held out for validation (0 disables early stopping); `val_repeats`
       noise draws per validation point; `max_patience`: epochs without improvement before
-      stopping (default: a fifth of the epochs, at least 20 validations' worth).
+      stopping (default: a fifth of the epochs, at least 20 validations' worth); `val_window`:
+      early stopping and the choice of the returned parameters use the mean of the last
+      `val_window` validation losses (default 5). One validation's flow-matching loss moves by
+      more than the late improvements of training, and its minimum over a run is a lucky draw:
+      kept on single validations (`val_window=1`), one sbibm two_moons fit in three stopped at
+      11 200 of 25 984 steps with held-out NLL -3.32 nats, where the window of 5 runs to the end
+      (-3.58; docs/guide.md, "Early stopping").
     - `standardize`: learn in the standardised space (data mean and scale stored in the flow).
     - `show_progress`: a tqdm progress bar over epochs (rounds of epochs for small data).
     - `rtol`, `atol`: the returned flow's solver tolerances.
@@ -210,6 +217,7 @@ def fit(
     `history["train_loss"]` and `history["val_loss"]` (one entry
     per validation, numpy arrays), `history["epoch"]` (epochs completed at each entry),
     `history["best_epoch"]` (epochs completed when the kept parameters were validated),
+    `history["val_loss_smoothed"]` (the windowed means early stopping used),
     `history["stopped_early"]`, `history["num_steps"]` (optimiser steps taken),
     `history["steps_per_epoch"]`.
     """
@@ -263,6 +271,8 @@ def fit(
         raise ValueError(f"val_prop must be in [0, 1), got {val_prop}.")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    if isinstance(val_window, bool) or not isinstance(val_window, int) or val_window < 1:
+        raise ValueError(f"val_window must be a positive integer, got {val_window!r}.")
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}.")
 
@@ -422,7 +432,7 @@ def fit(
         ema = state[1]
         return params if ema is None else ema
 
-    history_train, history_val, history_epoch = [], [], []
+    history_train, history_val, history_epoch, history_smoothed = [], [], [], []
     best_params, best_val, best_epoch, patience = params, jnp.inf, 0, 0
     stopped_early = False
     bar = tqdm(range(n_rounds), desc="fit", disable=not show_progress, leave=False,
@@ -443,8 +453,13 @@ def fit(
             current = evaluated(params, state)
             val_loss = float(validation_loss(current))
             history_val.append(val_loss)
-            if val_loss < best_val:
-                best_val, best_params, best_epoch, patience = val_loss, current, epochs_done, 0
+            # the mean of the last val_window validations (fewer at the start) decides: the
+            # kept parameters are those validated last in the best window
+            recent = history_val[-val_window:]
+            smoothed = sum(recent) / len(recent)
+            history_smoothed.append(smoothed)
+            if smoothed < best_val:
+                best_val, best_params, best_epoch, patience = smoothed, current, epochs_done, 0
             else:
                 patience += 1
             bar.set_postfix(epoch=epochs_done, train=f"{train_loss:.4f}", val=f"{val_loss:.4f}",
@@ -472,6 +487,7 @@ def fit(
     history = {
         "train_loss": np.asarray(history_train),
         "val_loss": np.asarray(history_val),
+        "val_loss_smoothed": np.asarray(history_smoothed),
         "best_epoch": best_epoch,
         "stopped_early": stopped_early,
         "epoch": np.asarray(history_epoch),

@@ -13,7 +13,8 @@ import numpyro_si as nsi
 from numpyro_si.oracle import GaussianMixture
 
 HISTORY_KEYS = {
-    "train_loss", "val_loss", "epoch", "best_epoch", "stopped_early", "num_steps", "steps_per_epoch"
+    "train_loss", "val_loss", "val_loss_smoothed", "epoch", "best_epoch", "stopped_early",
+    "num_steps", "steps_per_epoch"
 }
 SMALL = dict(width=32, depth=2, show_progress=False)  # small, quiet networks for fast fits
 # Standardised Gaussian data are the base itself: under a variance-preserving interpolant
@@ -69,7 +70,7 @@ def test_fit_returns_flow_and_documented_history(capfd):
     assert not history["stopped_early"]
     assert history["num_steps"] == 34 * 9
     assert np.all(np.isfinite(history["train_loss"])) and np.all(np.isfinite(history["val_loss"]))
-    assert history["best_epoch"] == history["epoch"][np.argmin(history["val_loss"])]
+    assert history["best_epoch"] == history["epoch"][np.argmin(history["val_loss_smoothed"])]
     # the loss decreases: validation loss (common random numbers across epochs) and training loss
     val = history["val_loss"]
     assert val.min() < val[0] - 0.1
@@ -86,7 +87,7 @@ def test_rounds_of_epochs_on_small_data():
     assert len(epochs) >= 1 and np.all(np.diff(epochs) == epochs[0])  # equal rounds
     assert 34 <= epochs[-1] < 34 + len(epochs)  # ceil(300 / 9) = 34 epochs asked for
     assert history["num_steps"] == epochs[-1] * 9
-    assert history["best_epoch"] == epochs[np.argmin(history["val_loss"])]
+    assert history["best_epoch"] == epochs[np.argmin(history["val_loss_smoothed"])]
     # an explicit max_epochs smaller than a round is honoured exactly
     _, history = nsi.fit(jax.random.key(1), data, max_epochs=5, batch_size=100, **SMALL)
     np.testing.assert_array_equal(history["epoch"], [5])
@@ -136,7 +137,8 @@ def test_early_stopping_returns_the_best_epoch():
     data = gaussian_data(jax.random.key(0), 400)
     common = dict(optimizer=optax.adam(3e-3), batch_size=60, min_steps_between_validations=1,
                   **LEARNABLE, **SMALL)
-    flow, history = nsi.fit(jax.random.key(7), data, max_epochs=200, max_patience=8, **common)
+    flow, history = nsi.fit(jax.random.key(7), data, max_epochs=200, max_patience=8, val_window=1,
+                            **common)
     val = history["val_loss"]
     best = history["best_epoch"]  # epochs completed when the kept parameters were validated
     assert history["stopped_early"]
@@ -147,7 +149,7 @@ def test_early_stopping_returns_the_best_epoch():
     assert best >= 2  # the kept parameters are not simply the first or the last ones
 
     replay, replay_history = nsi.fit(
-        jax.random.key(7), data, max_epochs=best, max_patience=1000, **common
+        jax.random.key(7), data, max_epochs=best, max_patience=1000, val_window=1, **common
     )
     np.testing.assert_array_equal(replay_history["val_loss"], val[:best])
     assert replay_history["best_epoch"] == best and not replay_history["stopped_early"]
@@ -158,13 +160,32 @@ def test_early_stopping_returns_the_best_epoch():
 def test_early_stopping_counts_patience_in_epochs_across_rounds():
     """With rounds of several epochs, max_patience (in epochs) becomes whole rounds."""
     data = gaussian_data(jax.random.key(0), 400)
-    _, history = nsi.fit(jax.random.key(7), data, max_epochs=2000, max_patience=1,
+    _, history = nsi.fit(jax.random.key(7), data, max_epochs=2000, max_patience=1, val_window=1,
                          optimizer=optax.adam(3e-3), batch_size=60, **SMALL)
     val, epochs = history["val_loss"], history["epoch"]
     assert history["stopped_early"]
     assert epochs[0] > 1  # several epochs per round (6 steps per epoch)
     assert len(val) - 1 - np.argmin(val) == 1  # one round without improvement
     assert history["best_epoch"] == epochs[np.argmin(val)]
+
+
+def test_early_stopping_on_the_windowed_mean_of_validations():
+    """The default decides on the mean of the last val_window validation losses: the history
+    holds those means, the kept parameters are the last validated in the best window, and
+    training stops max_patience validations after it."""
+    data = gaussian_data(jax.random.key(0), 400)
+    common = dict(optimizer=optax.adam(3e-3), batch_size=60, min_steps_between_validations=1,
+                  **LEARNABLE, **SMALL)
+    _, history = nsi.fit(jax.random.key(7), data, max_epochs=300, max_patience=6, val_window=4,
+                         **common)
+    val, smoothed = history["val_loss"], history["val_loss_smoothed"]
+    expected = [val[max(0, i - 3): i + 1].mean() for i in range(len(val))]
+    np.testing.assert_allclose(smoothed, expected, rtol=1e-6)
+    best = int(np.argmin(smoothed))
+    assert history["stopped_early"] and len(val) - 1 - best == 6
+    assert history["best_epoch"] == history["epoch"][best]
+    with pytest.raises(ValueError, match="val_window"):
+        nsi.fit(jax.random.key(7), data, val_window=0, max_steps=1, **SMALL)
 
 
 def test_without_validation_the_last_epoch_is_kept():
