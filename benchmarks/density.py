@@ -349,11 +349,30 @@ def flop_counts(flow: nsi.SIFlow, dim: int, n: int = 100) -> dict:
     }
 
 
-def solver_study(flow: nsi.SIFlow, data: Dataset, reference_rate: float | None) -> list[dict]:
-    """Cost and accuracy of the likelihood solve for one trained flow, on <= 1000 test points."""
+def flowjax_log_prob_rate(data: Dataset, x: np.ndarray) -> float:
+    """Points/s of a flowjax coupling-flow log_prob on `x`, measured now: the main table's
+    architecture and whitening, untrained weights (a spline flow's cost does not depend on
+    them), so the solver table's cost ratios compare two measurements taken seconds apart in
+    one process instead of rows measured at other moments (or in other runs) of a loaded
+    machine."""
+    import equinox as eqx
+    from _density_methods import Whitening
+
+    flow = make_flowjax("coupling", jax.random.key(0), data.dim)
+    log_prob = eqx.filter_jit(lambda f, x: f.log_prob(x))
+    wrapped, _ = Whitening(data.train).wrap(lambda x: log_prob(flow, x), None)
+    _, _, elapsed, n_eval = chunked_log_prob(wrapped, x)
+    return n_eval / elapsed
+
+
+def solver_study(flow: nsi.SIFlow, data: Dataset) -> tuple[list[dict], float]:
+    """Cost and accuracy of the likelihood solve for one trained flow, on <= 1000 test points;
+    also returns the flowjax coupling log_prob rate the cost ratios use (the mean of two
+    measurements, before and after the variants)."""
     from _density_methods import siflow_evaluators
 
     x = data.test[:1000]
+    before = flowjax_log_prob_rate(data, x)
     rows = []
     baseline = None
     for name, options in SOLVER_VARIANTS.items():
@@ -368,7 +387,6 @@ def solver_study(flow: nsi.SIFlow, data: Dataset, reference_rate: float | None) 
         values, nfe, elapsed, n_eval = chunked_log_prob(log_prob, x)
         if baseline is None:
             baseline = values
-        rate = n_eval / elapsed
         rows.append({
             "variant": name,
             "nll": float(-np.mean(values)),
@@ -376,11 +394,13 @@ def solver_study(flow: nsi.SIFlow, data: Dataset, reference_rate: float | None) 
             "max_abs_change": float(np.max(np.abs(values - baseline))),
             "nfe_log_prob": float(np.mean(nfe)),
             "nfe_max": float(np.max(nfe)),
-            "log_prob_per_s": rate,
-            "cost_vs_flowjax": (reference_rate / rate) if reference_rate else None,
+            "log_prob_per_s": n_eval / elapsed,
             **extra,
         })
-    return rows
+    reference = 0.5 * (before + flowjax_log_prob_rate(data, x))
+    for row in rows:
+        row["cost_vs_flowjax"] = reference / row["log_prob_per_s"]
+    return rows, reference
 
 
 # ----------------------------------------------------------------------------------------------
@@ -917,7 +937,11 @@ def render(results: dict) -> str:
             "The default numpyro_si flow of each data set, its log_prob on up to 1000 held-out"
             " points with other solver settings (`flow.with_sampler(...)`, nothing retrained)."
             " Change: the largest |log_prob - default log_prob| over those points. Cost vs"
-            " flowjax: flowjax coupling-flow log_prob points/s divided by this variant's.",
+            " flowjax: flowjax coupling-flow log_prob points/s divided by this variant's, the"
+            " flowjax rate measured in the same study just before and after the variants (the"
+            " main table's architecture with untrained weights, whose cost does not depend on"
+            " them; solver tables written before stop 14 used the main table's flowjax row,"
+            " measured at another moment).",
             "",
             "| data set | d | solver | NLL | max change | NFE mean (max) | log_prob pts/s |"
             " cost vs flowjax coupling |",
@@ -1154,9 +1178,8 @@ def parse_args(argv=None):
     parser.add_argument("--seed-methods", default="numpyro_si,flowjax coupling,flowjax MAF",
                         help="methods that --seeds applies to (comma-separated)")
     parser.add_argument("--solver-only", action="store_true",
-                        help="fit numpyro_si (and flowjax coupling, for the cost ratio, if in"
-                        " --methods) to redo the solver table only: the main table's rows and"
-                        " figures are left as stored")
+                        help="fit numpyro_si's defaults to redo the solver table only: the main"
+                        " table's rows and figures are left as stored")
     parser.add_argument("--no-throughput", action="store_true",
                         help="skip the training-throughput table (solver table still runs)")
     args = parser.parse_args(argv)
@@ -1237,8 +1260,8 @@ def main(argv=None):
     for method in methods + curve_methods + seed_methods:
         if method not in METHODS:
             raise SystemExit(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-    if args.solver_only:  # only what the solver table needs: the flow and the cost reference
-        methods = [m for m in methods if m in ("numpyro_si", "flowjax coupling")]
+    if args.solver_only:  # only what the solver table needs: the default flow
+        methods = ["numpyro_si"]
     set_clock(args.clock)
     budgets = dict(QUICK_BUDGETS if args.quick else BUDGETS)
     if args.budget is not None:
@@ -1270,10 +1293,6 @@ def main(argv=None):
         print(f"\n== {name}: d={data.dim}, train {data.train.shape[0]}, test {data.test.shape[0]},"
               f" budget {budget:.0f} s", flush=True)
         rows, samples, heldout, default_flow = [], {}, {}, None
-        # without flowjax in this run, the solver table's cost ratio uses the stored row
-        stored_rows = results["datasets"].get(name, {}).get("rows", [])
-        reference_rate = next((r["log_prob_per_s"] for r in stored_rows
-                               if r["method"] == "flowjax coupling"), None)
         for method in methods:
             key = jax.random.key(args.seed + 1)
             trained = METHODS[method](key, data.train, budget)
@@ -1283,8 +1302,6 @@ def main(argv=None):
             heldout[method] = values
             if drawn is not None:
                 samples[method] = drawn
-            if method == "flowjax coupling":
-                reference_rate = row["log_prob_per_s"]
             if method == "numpyro_si":
                 default_flow = trained.model
             print(
@@ -1313,8 +1330,9 @@ def main(argv=None):
                 save_figure(data, samples, FIGURES / f"{name}.png")
                 save_heldout(name, heldout)
         if not args.no_studies and default_flow is not None:
-            study = solver_study(default_flow, data, reference_rate)
+            study, flowjax_rate = solver_study(default_flow, data)
             results["solver"][name] = {"dim": data.dim, "rows": study,
+                                       "flowjax_log_prob_per_s": flowjax_rate,
                                        "flops": flop_counts(default_flow, data.dim),
                                        "command": command}
             for row in study:
