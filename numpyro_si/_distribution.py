@@ -317,8 +317,13 @@ class SIFlow(dist.Distribution, _FlowModelAccessors):
                 f" (n_steps={self.likelihood_solver.n_steps}); call with_fixed_step_likelihood on"
                 " the flow with the adaptive solve it should be checked against."
             )
-        if not (isinstance(max_error, (int, float)) and max_error > 0):
+        try:
+            max_error_ = float(max_error)
+        except (TypeError, ValueError):
+            max_error_ = math.nan
+        if isinstance(max_error, bool) or not max_error_ > 0:
             raise ValueError(f"max_error must be a positive number of nats, got {max_error!r}.")
+        max_error = max_error_
         if not candidates or any(int(k) != k or k < 1 for k in candidates):
             raise ValueError(f"candidates must be positive step counts, got {candidates!r}.")
         x = self._check_points(x)

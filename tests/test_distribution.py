@@ -574,8 +574,9 @@ def test_with_fixed_step_likelihood_input_errors():
     with pytest.raises(ValueError, match="already has fixed steps"):
         flow.with_fixed_step_likelihood(x)
     adaptive = flow.with_sampler(likelihood_solver=nsi.ODESampler())
-    with pytest.raises(ValueError, match="max_error"):
-        adaptive.with_fixed_step_likelihood(x, max_error=0.0)
+    for bad in (0.0, -1.0, float("nan"), None, True):
+        with pytest.raises(ValueError, match="max_error"):
+            adaptive.with_fixed_step_likelihood(x, max_error=bad)
     with pytest.raises(ValueError, match="candidates"):
         adaptive.with_fixed_step_likelihood(x, candidates=(0, 4))
     with pytest.raises(ValueError, match="shape"):
