@@ -7,6 +7,10 @@ Run (one process, so every method sees the same machine state):
     .venv/bin/python benchmarks/density.py --datasets checkerboard,digits --budget 30
     .venv/bin/python benchmarks/density.py --datasets '' --budget-curve checkerboard \
         --curve-budgets 40,120,360 --no-docs     # held-out NLL against training budget
+    .venv/bin/python benchmarks/density.py --seeds 3  # three training keys for numpyro_si and
+        # both flowjax flows (the goal verdicts then compare means over keys; ~+50 min)
+    .venv/bin/python benchmarks/density.py --datasets sbibm_gaussian_linear --solver-only
+        # refit numpyro_si's defaults and redo that data set's solver table only
 
 Every method gets the same training budget per data set: 40 s on 2-d sets, 60 s on the
 10-d posteriors and the real data, in process CPU seconds with one XLA thread (`--clock wall`
