@@ -298,6 +298,12 @@ def flowjax_patience(n_train: int, epochs: int, batch_size: int = BATCH_SIZE) ->
     return max(math.ceil(2000 / epoch_steps(n_train, batch_size)), math.ceil(epochs / 5))
 
 
+@eqx.filter_jit
+def flowjax_log_prob(flow, x):
+    """A flowjax flow's batched log_prob, compiled (in the whitened space)."""
+    return flow.log_prob(x)
+
+
 def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=None,
                   patience_fraction: float | None = None, batch_size: int = BATCH_SIZE):
     """flowjax `fit_to_data` for `budget` seconds, patience by `flowjax_patience`;
@@ -334,10 +340,6 @@ def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=No
     recalibrate((label, nn_width, train.shape[1], batch_size), len(losses["train"]) * steps_per_epoch,
                 _budget_seconds(wall, cpu), budget, stopped_early=len(losses["train"]) < epochs)
 
-    @eqx.filter_jit
-    def log_prob(flow, x):
-        return flow.log_prob(x)
-
     sample_fns = {}
 
     def sample(key, n):
@@ -345,7 +347,7 @@ def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=No
             sample_fns[n] = eqx.filter_jit(lambda flow, key: flow.sample(key, (n,)))
         return sample_fns[n](flow, key)
 
-    wrapped_log_prob, wrapped_sample = whitening.wrap(lambda x: log_prob(flow, x), sample)
+    wrapped_log_prob, wrapped_sample = whitening.wrap(lambda x: flowjax_log_prob(flow, x), sample)
     return Trained(
         method=label, n_params=count_params(flow), train_time=wall, train_cpu=cpu,
         steps=len(losses["train"]) * steps_per_epoch, log_prob=wrapped_log_prob,

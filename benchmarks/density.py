@@ -215,6 +215,11 @@ def chunked_log_prob(log_prob, x: np.ndarray, chunk: int = 1000):
     return values, nfe, elapsed, n_chunks * chunk
 
 
+def heldout_nll(values: np.ndarray) -> float:
+    """The NLL of per-point held-out log densities (inf if any is not finite)."""
+    return float(-np.mean(values)) if np.isfinite(values).all() else float("inf")
+
+
 def evaluate(trained: Trained, data: Dataset, key, n_samples: int = 2000
              ) -> tuple[dict, np.ndarray | None, np.ndarray]:
     """The row of a trained method, its samples (or None) and its held-out log densities."""
@@ -227,7 +232,7 @@ def evaluate(trained: Trained, data: Dataset, key, n_samples: int = 2000
         "train_cpu": trained.train_cpu,
         "steps": trained.steps,
         "steps_per_s": trained.steps / trained.train_time,
-        "nll": float(-np.mean(values)) if finite.all() else float("inf"),
+        "nll": heldout_nll(values),
         "nll_se": standard_error(values) if finite.all() else float("nan"),
         "n_failed": int((~finite).sum()),
         "log_prob_per_s": n_eval / elapsed,
@@ -256,10 +261,9 @@ def more_keys(method: str, key, data: Dataset, budget: float, first: np.ndarray,
     for j in range(1, seeds):
         trained = METHODS[method](jax.random.fold_in(key, j), data.train, budget)
         values.append(chunked_log_prob(trained.log_prob, data.test)[0])
-        nll = -np.mean(values[-1])
         print(f"  {method:18s} key {j}: train {trained.train_cpu:5.1f}s CPU ({trained.steps}"
-              f" steps)  NLL {nll:.3f}", flush=True)
-    nlls = [float(-np.mean(v)) if np.isfinite(v).all() else float("inf") for v in values]
+              f" steps)  NLL {heldout_nll(values[-1]):.3f}", flush=True)
+    nlls = [heldout_nll(v) for v in values]
     stacked = np.stack(values).astype(np.float64)
     return nlls, stacked.mean(0) if np.isfinite(stacked).all() else None
 
@@ -359,12 +363,10 @@ def flowjax_log_prob_rate(data: Dataset, x: np.ndarray) -> float:
     them), so the solver table's cost ratios compare two measurements taken seconds apart in
     one process instead of rows measured at other moments (or in other runs) of a loaded
     machine."""
-    import equinox as eqx
-    from _density_methods import Whitening
+    from _density_methods import Whitening, flowjax_log_prob
 
     flow = make_flowjax("coupling", jax.random.key(0), data.dim)
-    log_prob = eqx.filter_jit(lambda f, x: f.log_prob(x))
-    wrapped, _ = Whitening(data.train).wrap(lambda x: log_prob(flow, x), None)
+    wrapped, _ = Whitening(data.train).wrap(lambda x: flowjax_log_prob(flow, x), None)
     _, _, elapsed, n_eval = chunked_log_prob(wrapped, x)
     return n_eval / elapsed
 
@@ -600,16 +602,22 @@ def paired_se(name: str | None, row: dict, other: dict) -> float | None:
 KEY_MEAN = " (mean over keys)"  # held-out values of a row's key-averaged log densities
 
 
+def _keys(row: dict) -> list[float]:
+    """The NLLs of a row's training keys (`--seeds`) if it has several, else []."""
+    keys = row.get("nll_keys") or []
+    return keys if len(keys) > 1 else []
+
+
 def key_nll(row: dict) -> float:
     """A row's NLL averaged over its training keys (`--seeds`), else its one NLL."""
-    keys = row.get("nll_keys") or []
-    return float(np.mean(keys)) if len(keys) > 1 else row["nll"]
+    keys = _keys(row)
+    return float(np.mean(keys)) if keys else row["nll"]
 
 
 def between_key_se(row: dict) -> float:
     """Standard error of `key_nll` from the spread between training keys (0 for one key)."""
-    keys = row.get("nll_keys") or []
-    return float(np.std(keys, ddof=1) / math.sqrt(len(keys))) if len(keys) > 1 else 0.0
+    keys = _keys(row)
+    return float(np.std(keys, ddof=1) / math.sqrt(len(keys))) if keys else 0.0
 
 
 def nll_verdict(row: dict, best: dict, name: str | None = None) -> tuple[str, float, float]:
@@ -627,12 +635,9 @@ def _nll_comparison(row: dict, best: dict, name: str | None) -> tuple[str, float
     to the held-out one, which is paired on the key-averaged per-point log densities when
     those are stored."""
     diff = key_nll(row) - key_nll(best)
-    if len(row.get("nll_keys") or []) > 1 or len(best.get("nll_keys") or []) > 1:
-        means = [dict(r, method=r["method"] + KEY_MEAN, nll=key_nll(r))
-                 if len(r.get("nll_keys") or []) > 1 else r for r in (row, best)]
-        se = paired_se(name, *means)
-    else:
-        se = paired_se(name, row, best)
+    # rows with several keys are paired through their key-averaged values
+    se = paired_se(name, *(dict(r, method=r["method"] + KEY_MEAN, nll=key_nll(r))
+                           if _keys(r) else r for r in (row, best)))
     paired = se is not None
     if not paired:
         se = math.hypot(row["nll_se"], best["nll_se"])
@@ -796,8 +801,8 @@ def _variant_label(row: dict) -> str:
 
 def _key_cell(row: dict) -> str:
     """A row's NLL for the goal table: over its training keys when it has several."""
-    keys = row.get("nll_keys") or []
-    if len(keys) > 1:
+    keys = _keys(row)
+    if keys:
         return f"{key_nll(row):.3f} (mean of {len(keys)} keys, s.d. {np.std(keys, ddof=1):.3f})"
     return f"{row['nll']:.3f}"
 
