@@ -1,33 +1,19 @@
 """Atomic writes for the benchmarks' outputs (results stores, side files, docs regions).
 
 A benchmark stopped mid-write (Ctrl-C, out of memory, a CI time limit) must leave the previous
-file, not half of one: everything is written to a temporary file beside the target and renamed
-over it (`os.replace` is atomic on POSIX file systems).
+file, not half of one: everything goes through the package's own `write_atomically` (the one
+`nsi.save` uses: a uniquely named temporary file beside the target, synced, renamed over it), so
+benchmark runs side by side cannot clobber each other's temporary files either.
 """
 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-
-def write_atomically(path: Path, write: Callable) -> None:
-    """`write(file)` (a binary file object) into a temporary file beside `path`, then rename it
-    over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():  # the write failed: do not leave the partial file behind
-            tmp.unlink()
+from numpyro_si._io import write_atomically
 
 
 def write_text(path: Path, text: str) -> None:

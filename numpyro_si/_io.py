@@ -228,14 +228,25 @@ def save(path: str | os.PathLike, flow: SIFlow | ConstrainedSIFlow | Conditional
     leaves = io.BytesIO()
     eqx.tree_serialise_leaves(leaves, arrays)
 
+    def write(handle):
+        with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("meta.json", json.dumps(meta, indent=1))
+            archive.writestr("leaves.eqx", leaves.getvalue())
+
+    write_atomically(path, write)
+
+
+def write_atomically(path: str | os.PathLike, write) -> None:
+    """`write(handle)` (a binary file) into a uniquely named temporary file beside `path`,
+    synced, then renamed over `path`: a write stopped midway, or a second writer, never leaves
+    half a file at `path`, and a failed write removes its temporary file. (Also used by the
+    benchmarks' outputs, `benchmarks/_bench_io.py`.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            with zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-                archive.writestr("meta.json", json.dumps(meta, indent=1))
-                archive.writestr("leaves.eqx", leaves.getvalue())
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
