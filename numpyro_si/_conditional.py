@@ -14,8 +14,16 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
-from ._constrained import ConstrainedSIFlow
-from ._distribution import SIFlow, Standardization, _FlowModel, _FlowModelAccessors
+from ._constrained import ConstrainedSIFlow, to_unconstrained
+from ._distribution import (
+    FIXED_STEP_CANDIDATES,
+    SIFlow,
+    Standardization,
+    _check_fixed_step_request,
+    _fewest_fixed_steps,
+    _FlowModel,
+    _FlowModelAccessors,
+)
 from ._dynamics import Fields
 from ._interpolants import AbstractInterpolant
 from ._solvers import AbstractDivergence, AbstractSampler, ODESampler
@@ -193,6 +201,39 @@ class ConditionalSIFlow(eqx.Module, _FlowModelAccessors):
         new_model = eqx.tree_at(lambda m: m.fields, new_model, self._model.fields)
         return eqx.tree_at(lambda c: c._model, self, new_model)
 
+    def with_fixed_step_likelihood(
+        self, x: ArrayLike, context: Float[ArrayLike, "n k"], *, max_error: float = 1e-2,
+        candidates: tuple[int, ...] = FIXED_STEP_CANDIDATES,
+    ) -> tuple[ConditionalSIFlow, dict]:
+        """`SIFlow.with_fixed_step_likelihood` for the conditional flow: the fewest fixed solver
+        steps whose `log_prob(x_i, context_i)` agrees with the adaptive solve within `max_error`
+        nats at every pair. `x`: shape `(n,) + event_shape` (points of `support` if it has one),
+        `context`: `(n, k)`, one context per point (e.g. held-out (theta, y) pairs). Returns
+        `(flow, report)`, every conditioned flow of the returned one using the chosen solve."""
+        max_error, candidates = _check_fixed_step_request(
+            self.likelihood_solver, max_error, candidates
+        )
+        context = self._check_context(context, batched=True)
+        if self.support is None:
+            x = jnp.asarray(x)
+            if not jnp.issubdtype(x.dtype, jnp.floating):
+                x = x.astype(jnp.zeros(()).dtype)
+            if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != self.dim:
+                raise ValueError(f"x must have shape (n, {self.dim}) with n >= 1, got {x.shape}.")
+            if not bool(jnp.all(jnp.isfinite(x))):
+                raise ValueError("x contains NaN or infinite values.")
+        else:
+            x = to_unconstrained(x, self.support, name="x")[0]
+        if context.shape != (x.shape[0], self.context_dim):
+            raise ValueError(
+                f"context must have shape ({x.shape[0]}, {self.context_dim}), one row per point of"
+                f" x, got {context.shape}."
+            )
+        return _fewest_fixed_steps(
+            self, lambda flow: _conditional_log_prob_with_info(flow, x, context), max_error,
+            candidates,
+        )
+
     # -- batched conveniences ------------------------------------------------------------------
 
     def log_prob(
@@ -240,3 +281,16 @@ class ConditionalSIFlow(eqx.Module, _FlowModelAccessors):
             f"ConditionalSIFlow(dim={self.dim}, context_dim={self.context_dim},"
             f" interpolant={type(self.interpolant).__name__}{support})"
         )
+
+
+@eqx.filter_jit
+def _conditional_log_prob_with_info(flow, x, context):
+    """log p(x_i | context_i) and each solve's info, x in the unconstrained space."""
+
+    def one(value, row):
+        conditioned = flow._condition(row)
+        if isinstance(conditioned, ConstrainedSIFlow):
+            conditioned = conditioned.flow
+        return conditioned.log_prob_with_info(value)
+
+    return jax.vmap(one)(x, context)

@@ -10,7 +10,7 @@ from jaxtyping import Array, ArrayLike, Float
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import ComposeTransform, Transform, biject_to
 
-from ._distribution import SIFlow
+from ._distribution import FIXED_STEP_CANDIDATES, SIFlow
 
 __all__ = ["ConstrainedSIFlow", "to_unconstrained", "is_unconstrained"]
 
@@ -180,6 +180,20 @@ class ConstrainedSIFlow(dist.TransformedDistribution):
     def pull_back(self, x: ArrayLike) -> Float[Array, "... m"]:
         """Points of the support to the base: the inverse bijection, then the inverse flow map."""
         return self.flow.pull_back(self.transform.inv(jnp.asarray(x)))
+
+    def with_fixed_step_likelihood(
+        self, x: ArrayLike, *, max_error: float = 1e-2,
+        candidates: tuple[int, ...] = FIXED_STEP_CANDIDATES,
+    ) -> tuple[ConstrainedSIFlow, dict]:
+        """`SIFlow.with_fixed_step_likelihood` for a flow on a support: `x` are points of the
+        support, shape `(n,) + event_shape`; the check runs on their unconstrained images (the
+        log-Jacobian is the same for both solves, so the errors are those of this `log_prob`).
+        Returns `(flow, report)`, the flow a `ConstrainedSIFlow` on the same support."""
+        unconstrained = to_unconstrained(x, self.constraint, name="x")[0]
+        flow, report = self.flow.with_fixed_step_likelihood(
+            unconstrained, max_error=max_error, candidates=candidates
+        )
+        return (self if flow is self.flow else ConstrainedSIFlow(flow, self.constraint)), report
 
     def __repr__(self):
         return f"ConstrainedSIFlow({self.flow!r}, support={self.constraint})"

@@ -30,6 +30,9 @@ from ._solvers import (
 
 __all__ = ["SIFlow", "Standardization"]
 
+# step counts `with_fixed_step_likelihood` tries, in this order
+FIXED_STEP_CANDIDATES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+
 
 class Standardization(eqx.Module):
     """The affine map y = (x - shift) / scale from data space to the space the fields live in.
@@ -293,7 +296,7 @@ class SIFlow(dist.Distribution, _FlowModelAccessors):
 
     def with_fixed_step_likelihood(
         self, x: Float[ArrayLike, "n d"], *, max_error: float = 1e-2,
-        candidates: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64),
+        candidates: tuple[int, ...] = FIXED_STEP_CANDIDATES,
     ) -> tuple[SIFlow, dict]:
         """A copy whose `log_prob` takes the fewest fixed solver steps that agree with this flow's
         adaptive solve within `max_error` nats at every point of `x`; returns `(flow, report)`.
@@ -310,50 +313,22 @@ class SIFlow(dist.Distribution, _FlowModelAccessors):
         `report`: `n_steps` (None if the adaptive solve was kept), `max_error` (of the chosen
         solve, in nats), `adaptive_steps` (largest over `x`; steps include rejected ones) and
         `errors` (the largest |difference| of every candidate tried).
+
+        `ConstrainedSIFlow.with_fixed_step_likelihood(x)` (points of the support) and
+        `ConditionalSIFlow.with_fixed_step_likelihood(theta, context)` (one context per point)
+        make the same check.
         """
-        if self.likelihood_solver.n_steps is not None:
-            raise ValueError(
-                "this flow's likelihood solve already has fixed steps"
-                f" (n_steps={self.likelihood_solver.n_steps}); call with_fixed_step_likelihood on"
-                " the flow with the adaptive solve it should be checked against."
-            )
-        try:
-            max_error_ = float(max_error)
-        except (TypeError, ValueError):
-            max_error_ = math.nan
-        if isinstance(max_error, bool) or not max_error_ > 0:
-            raise ValueError(f"max_error must be a positive number of nats, got {max_error!r}.")
-        max_error = max_error_
-        if not candidates or any(int(k) != k or k < 1 for k in candidates):
-            raise ValueError(f"candidates must be positive step counts, got {candidates!r}.")
+        max_error, candidates = _check_fixed_step_request(
+            self.likelihood_solver, max_error, candidates
+        )
         x = self._check_points(x)
         if x.ndim != 2 or x.shape[0] == 0:
             raise ValueError(f"x must have shape (n, {self.dim}) with n >= 1, got {x.shape}.")
         if not bool(jnp.all(jnp.isfinite(x))):
             raise ValueError("x contains NaN or infinite values.")
-        log_prob = _jitted_log_prob_with_info
-        reference, info = log_prob(self, x)
-        if not bool(jnp.all(info.succeeded)):
-            raise ValueError(
-                f"the adaptive solve ran out of steps (max_steps={self.likelihood_solver.max_steps})"
-                f" at {int(jnp.sum(~info.succeeded))} of {x.shape[0]} points; raise"
-                " ODESampler(max_steps=...) or check those points before comparing against it."
-            )
-        adaptive_steps = int(jnp.max(info.num_steps))
-        errors = {}
-        for n_steps in sorted(set(int(k) for k in candidates)):
-            if n_steps >= adaptive_steps:
-                break
-            solver = ODESampler(self.likelihood_solver.solver, n_steps=n_steps)
-            fast = self.with_sampler(likelihood_solver=solver)
-            values, _ = log_prob(fast, x)
-            error = float(jnp.max(jnp.abs(values - reference)))  # NaN / inf fail the test
-            errors[n_steps] = error
-            if error <= max_error:
-                return fast, dict(n_steps=n_steps, max_error=error, adaptive_steps=adaptive_steps,
-                                  errors=errors)
-        return self, dict(n_steps=None, max_error=0.0, adaptive_steps=adaptive_steps,
-                          errors=errors)
+        return _fewest_fixed_steps(
+            self, lambda flow: _jitted_log_prob_with_info(flow, x), max_error, candidates
+        )
 
     # -- input checks -------------------------------------------------------------------------
 
@@ -509,6 +484,52 @@ class SIFlow(dist.Distribution, _FlowModelAccessors):
 @eqx.filter_jit
 def _jitted_log_prob_with_info(flow, x):
     return flow.log_prob_with_info(x)
+
+
+def _check_fixed_step_request(likelihood_solver, max_error, candidates):
+    """with_fixed_step_likelihood's option checks; returns (max_error as float, step counts)."""
+    if likelihood_solver.n_steps is not None:
+        raise ValueError(
+            "this flow's likelihood solve already has fixed steps"
+            f" (n_steps={likelihood_solver.n_steps}); call with_fixed_step_likelihood on"
+            " the flow with the adaptive solve it should be checked against."
+        )
+    try:
+        max_error_ = float(max_error)
+    except (TypeError, ValueError):
+        max_error_ = math.nan
+    if isinstance(max_error, bool) or not max_error_ > 0:
+        raise ValueError(f"max_error must be a positive number of nats, got {max_error!r}.")
+    if not candidates or any(int(k) != k or k < 1 for k in candidates):
+        raise ValueError(f"candidates must be positive step counts, got {candidates!r}.")
+    return max_error_, sorted(set(int(k) for k in candidates))
+
+
+def _fewest_fixed_steps(flow, evaluate, max_error, candidates):
+    """The search behind every `with_fixed_step_likelihood`: `flow` has an adaptive likelihood
+    solve and `with_sampler(likelihood_solver=...)`; `evaluate(flow)` gives (log_prob, SolveInfo)
+    at the caller's points. Returns `(flow or its fastest qualifying copy, report)`."""
+    solver = flow.likelihood_solver
+    reference, info = evaluate(flow)
+    if not bool(jnp.all(info.succeeded)):
+        raise ValueError(
+            f"the adaptive solve ran out of steps (max_steps={solver.max_steps}) at"
+            f" {int(jnp.sum(~info.succeeded))} of {info.succeeded.size} points; raise"
+            " ODESampler(max_steps=...) or check those points before comparing against it."
+        )
+    adaptive_steps = int(jnp.max(info.num_steps))
+    errors = {}
+    for n_steps in candidates:
+        if n_steps >= adaptive_steps:
+            break
+        fast = flow.with_sampler(likelihood_solver=ODESampler(solver.solver, n_steps=n_steps))
+        values, _ = evaluate(fast)
+        error = float(jnp.max(jnp.abs(values - reference)))  # NaN / inf fail the test
+        errors[n_steps] = error
+        if error <= max_error:
+            return fast, dict(n_steps=n_steps, max_error=error, adaptive_steps=adaptive_steps,
+                              errors=errors)
+    return flow, dict(n_steps=None, max_error=0.0, adaptive_steps=adaptive_steps, errors=errors)
 
 
 def _infer_dim(dim, base, velocity, standardization):

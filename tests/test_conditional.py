@@ -145,6 +145,52 @@ def test_conditional_with_a_support():
     assert bool(jnp.all(positive.sample(jax.random.key(1), y, (4,)) > 0))
 
 
+def test_with_fixed_step_likelihood_checks_every_pair(x64):
+    """Fewest fixed steps within max_error of the adaptive solve at every (theta_i, y_i), against
+    the exact conditional density; the returned flow's conditioned flows all use that solve."""
+    conditional = exact_conditional_flow(rtol=1e-8, atol=1e-8)
+    theta, y = simulate(jax.random.key(0), 20)
+    candidates = (2, 4, 8, 16)
+    fast, report = conditional.with_fixed_step_likelihood(theta, y, max_error=1e-4,
+                                                          candidates=candidates)
+    k = report["n_steps"]
+    assert isinstance(fast, nsi.ConditionalSIFlow) and k in candidates
+    assert fast.likelihood_solver.n_steps == k and fast.condition(y[0]).likelihood_solver.n_steps == k
+    assert conditional.likelihood_solver.n_steps is None
+    adaptive, fixed = batched_log_prob(conditional, theta, y), batched_log_prob(fast, theta, y)
+    error = float(jnp.max(jnp.abs(fixed - adaptive)))
+    assert report["max_error"] == pytest.approx(error, rel=1e-6, abs=1e-12) and error <= 1e-4
+    assert all(report["errors"][c] > 1e-4 for c in candidates if c < k)
+    assert float(jnp.max(jnp.abs(fixed - exact_log_prob(theta, y)))) <= 1e-4 + 1e-6
+    # one context per point, contexts checked, points checked
+    with pytest.raises(ValueError, match=r"context must have shape \(20, 2\)"):
+        conditional.with_fixed_step_likelihood(theta, y[:3])
+    with pytest.raises(ValueError, match="NaN"):
+        conditional.with_fixed_step_likelihood(theta, y.at[1, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="NaN"):
+        conditional.with_fixed_step_likelihood(theta.at[2, 1].set(jnp.inf), y)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 2\)"):
+        conditional.with_fixed_step_likelihood(theta[:, :1], y)
+    with pytest.raises(ValueError, match="max_error"):
+        conditional.with_fixed_step_likelihood(theta, y, max_error=0.0)
+
+
+def test_with_fixed_step_likelihood_conditional_on_a_support():
+    net = nsi.FieldMLP(2, context_dim=3, width=8, depth=1, key=jax.random.key(0))
+    positive = nsi.ConditionalSIFlow(nsi.OneSidedLinearInterpolant(), net, context_dim=3,
+                                     support=constraints.positive)
+    theta = jnp.array([[0.5, 2.0], [1.5, 0.2], [1.0, 1.0]])
+    y = jnp.array([[0.1, 0.2, 0.3], [0.0, 1.0, -1.0], [2.0, 0.5, 0.0]])
+    fast, report = positive.with_fixed_step_likelihood(theta, y, max_error=1e-3)
+    assert fast.support is constraints.positive
+    if report["n_steps"] is not None:
+        error = float(jnp.max(jnp.abs(batched_log_prob(fast, theta, y)
+                                      - batched_log_prob(positive, theta, y))))
+        assert error <= 1e-3
+    with pytest.raises(ValueError, match="outside the support"):
+        positive.with_fixed_step_likelihood(theta.at[0, 0].set(-0.5), y)
+
+
 # ----------------------------------------------------------------------------------------------
 # fit(theta, context=y)
 # ----------------------------------------------------------------------------------------------

@@ -267,3 +267,31 @@ def test_nuts_with_a_positive_prior(route):
     mean, cov = exact_posterior_of_log_theta()
     se = np.sqrt(np.diag(cov) / effective_sample_size(log_theta[None]))
     assert np.all(np.abs(log_theta.mean(0) - mean) < 4 * se), (log_theta.mean(0), mean, se)
+
+
+# ----------------------------------------------------------------------------------------------
+# a fixed-step likelihood checked against the adaptive solve
+# ----------------------------------------------------------------------------------------------
+
+
+def test_with_fixed_step_likelihood_on_a_support(x64):
+    """The check runs on the unconstrained images: the chosen solve is the one the inner flow
+    would choose, its errors are those of the constrained log_prob, the support is kept."""
+    flow = nsi.ConstrainedSIFlow(gaussian_flow(2, rtol=1e-8, atol=1e-8), constraints.positive)
+    x = jnp.exp(dist.MultivariateNormal(MEAN[:2], COV[:2, :2]).sample(jax.random.key(0), (30,)))
+    candidates = (2, 4, 8, 16)
+    fast, report = flow.with_fixed_step_likelihood(x, max_error=1e-4, candidates=candidates)
+    assert isinstance(fast, nsi.ConstrainedSIFlow) and fast.constraint is constraints.positive
+    inner, inner_report = flow.flow.with_fixed_step_likelihood(
+        jnp.log(x), max_error=1e-4, candidates=candidates
+    )
+    assert report["n_steps"] == inner_report["n_steps"] == fast.flow.likelihood_solver.n_steps
+    assert report["n_steps"] is not None and report["n_steps"] < report["adaptive_steps"]
+    error = float(jnp.max(jnp.abs(log_prob(fast, x) - log_prob(flow, x))))
+    assert report["max_error"] == pytest.approx(error, rel=1e-6, abs=1e-12) and error <= 1e-4
+    # nothing qualifies: the same flow back
+    same, none = flow.with_fixed_step_likelihood(x, max_error=1e-14, candidates=(2,))
+    assert same is flow and none["n_steps"] is None
+    # points outside the support are named, not turned into NaN errors
+    with pytest.raises(ValueError, match=r"\(rows 3\) outside the support"):
+        flow.with_fixed_step_likelihood(x.at[3, 0].set(-1.0))
