@@ -137,6 +137,7 @@ def fit(
     max_steps: int = 10_000,
     max_epochs: int | None = None,
     learning_rate: float = 5e-3,
+    weight_decay: float = 0.0,
     optimizer: optax.GradientTransformation | None = None,
     ema_decay: float | None = None,
     val_prop: float = 0.1,
@@ -193,6 +194,8 @@ def fit(
     - `antithetic`: antithetic estimators where gamma > 0.
     - `batch_size`, `learning_rate`, `optimizer` (default Adam with warm-up and cosine decay
       over `max_steps`).
+    - `weight_decay`: decoupled weight decay of the default optimiser (AdamW; the decay per step
+      is `learning_rate` times this, following the schedule). Default 0 (plain Adam).
     - `ema_decay`: keep an exponential moving average of the parameters with this decay (e.g.
       0.999; the decay ramps up as min(ema_decay, (1 + k) / (10 + k)) at step k), validate it and
       return it instead of the raw parameters. Default `None`: no average.
@@ -273,6 +276,15 @@ def fit(
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if isinstance(val_window, bool) or not isinstance(val_window, int) or val_window < 1:
         raise ValueError(f"val_window must be a positive integer, got {val_window!r}.")
+    if isinstance(weight_decay, bool) or not (
+        isinstance(weight_decay, (int, float)) and 0.0 <= weight_decay < math.inf
+    ):
+        raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}.")
+    if weight_decay > 0 and optimizer is not None:
+        raise ValueError(
+            "weight_decay applies to fit's default optimiser; with your own `optimizer`, add the"
+            " decay there (e.g. optax.adamw) and leave weight_decay at 0."
+        )
     if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
         raise ValueError(f"ema_decay must be in [0, 1) or None, got {ema_decay!r}.")
 
@@ -383,7 +395,9 @@ def fit(
             0.0, learning_rate, min(500, max(total_steps // 10, 1)), max(total_steps, 2),
             end_value=learning_rate * 1e-2,
         )
-        optimizer = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
+        adam = (optax.adamw(schedule, weight_decay=weight_decay) if weight_decay > 0
+                else optax.adam(schedule))
+        optimizer = optax.chain(optax.clip_by_global_norm(10.0), adam)
 
     params, static = eqx.partition(networks, eqx.is_inexact_array)
     # what training carries besides the parameters: the optimiser's state and, with ema_decay,

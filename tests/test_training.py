@@ -230,6 +230,22 @@ def test_ema_is_the_documented_moving_average_of_the_iterates():
         np.testing.assert_allclose(e, p0 + ema, rtol=1e-5, atol=1e-4)
 
 
+def test_weight_decay_shrinks_the_parameters_and_zero_is_plain_adam():
+    data = gaussian_data(jax.random.key(0), 300)
+    options = dict(val_prop=0.0, max_epochs=40, batch_size=100, **SMALL)
+    plain, _ = nsi.fit(jax.random.key(1), data, **options)
+    zero, _ = nsi.fit(jax.random.key(1), data, weight_decay=0.0, **options)
+    decayed, _ = nsi.fit(jax.random.key(1), data, weight_decay=2.0, **options)
+    for a, b in zip(array_leaves(plain.velocity), array_leaves(zero.velocity), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    def norm(flow):
+        return float(jnp.sqrt(sum(jnp.sum(a**2) for a in array_leaves(flow.velocity))))
+
+    # 120 steps of decoupled decay at lr ~5e-3: every parameter shrinks by ~(1 - 0.01) a step
+    assert norm(decayed) < 0.7 * norm(plain), (norm(decayed), norm(plain))
+
+
 # ----------------------------------------------------------------------------------------------
 # standardisation, data space
 # ----------------------------------------------------------------------------------------------
@@ -524,6 +540,17 @@ def test_too_little_data_for_the_validation_split(n, val_prop):
 def test_bad_batch_size():
     with pytest.raises(ValueError, match="batch_size must be positive"):
         fit_quick(batch_size=0)
+
+
+@pytest.mark.parametrize("weight_decay", [-0.1, float("nan"), float("inf"), True, "0.1"])
+def test_bad_weight_decay(weight_decay):
+    with pytest.raises(ValueError, match="weight_decay must be a non-negative number"):
+        fit_quick(weight_decay=weight_decay)
+
+
+def test_weight_decay_with_own_optimizer():
+    with pytest.raises(ValueError, match="default optimiser"):
+        fit_quick(weight_decay=0.1, optimizer=optax.adam(1e-3))
 
 
 @pytest.mark.parametrize("ema_decay", [-0.1, 1.0, 1.5])
