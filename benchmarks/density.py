@@ -89,21 +89,27 @@ START, END = "<!-- density:start -->", "<!-- density:end -->"
 BUDGETS = {"2d": 40.0, "posterior": 60.0, "real": 60.0}
 QUICK_BUDGETS = {"2d": 8.0, "posterior": 10.0, "real": 10.0}
 
-# The tuned numpyro_si configuration: fit's defaults with batches of 256 instead of 512. A step
-# on 256 points costs less than half one on 512 (cache-sized matrices), so at equal CPU seconds
-# the fit sees more data. Evidence is mixed (stop 13): an exploratory paired run on checkerboard
-# gave -0.014 ± 0.003 nats against 512, `benchmarks/batch_size_check.py checkerboard` +0.005 ±
-# 0.003 (training noise exceeds the paired s.e.), and flowjax gains as much from 256 there; in
-# the stop-13 table it is within ±0.03 nats of the defaults on 9 of 11 sets. (Until stop 13 the
-# tuned row was a deeper network, width 64, depth 8 up to 16 dimensions, 128 x 4 above: better
-# at equal steps, but it lost to the defaults at equal time on 6 of 11 data sets in the stop-12
-# table.)
+# The tuned numpyro_si configuration: fit's defaults with batches of 256 instead of 512 on 2-d
+# data, and with weight decay 0.1 (`fit(..., weight_decay=0.1)`, AdamW) above 2 dimensions.
+# Batches of 256: a step costs less than half one of 512, so at equal CPU seconds the fit sees
+# more data; the evidence is mixed (stop 13: an exploratory paired run on checkerboard gave
+# -0.014 ± 0.003 nats against 512, `benchmarks/batch_size_check.py checkerboard` +0.005 ± 0.003,
+# and flowjax gains as much from 256 there; stop 15, sbibm two_moons over 8 keys: the 256 row
+# -3.602 against the default's key mean -3.580). Weight decay 0.1 (stop 15, the table's step
+# counts, two keys, paired on the held-out points; docs/guide.md "Weight decay"): sbibm
+# gaussian_linear -0.030, sbibm bernoulli_glm -0.083, digits -3.4 nats, but checkerboard +0.10,
+# sbibm slcp (5-d, not in the table) +0.13 and breast cancer +0.35 (three keys): it helps smooth
+# posteriors and the small image set, and hurts sharp or multimodal densities, so it is not a
+# default. (Until stop 13 the tuned row was a deeper network; it lost to the defaults at equal
+# time on 6 of 11 data sets in the stop-12 table.)
 TUNED_BATCH_SIZE = 256
+TUNED_WEIGHT_DECAY = 0.1
 
 
 def tuned_options(dim: int) -> dict:
-    del dim  # the same for every dimension
-    return dict(batch_size=TUNED_BATCH_SIZE)
+    if dim <= 2:
+        return dict(batch_size=TUNED_BATCH_SIZE)
+    return dict(weight_decay=TUNED_WEIGHT_DECAY)
 
 
 TUNED_LABEL = "numpyro_si tuned"
@@ -832,7 +838,8 @@ def render(results: dict) -> str:
         " can come from several runs, e.g. when one method's protocol changed); compare ratios"
         " within a data set.",
         "",
-        "Every method trains on the same split with batch size 512 (numpyro_si tuned: 256)"
+        "Every method trains on the same split with batch size 512 (numpyro_si tuned on 2-d"
+        " sets: 256)"
         " and the same training budget"
         f" ({meta.get('clock', 'cpu')} seconds: {meta['budgets']}); `nsi.fit` and flowjax"
         " `fit_to_data` take a step budget, so each is calibrated once per dimension by pilot"
@@ -842,8 +849,10 @@ def render(results: dict) -> str:
         " both recompile in every call, so compilation counts against each method's budget; the"
         " table's CPU column shows what each fit actually spent. numpyro_si: `nsi.fit` with its"
         " defaults (`FieldMLP` width 64, depth 6 for d <= 16, width 128, depth 3 above);"
-        " numpyro_si tuned: the same with batches of 256 (a step costs less than half one of"
-        " 512, so at equal time the fit sees more data). flowjax flows:"
+        " numpyro_si tuned: the same with batches of 256 on 2-d sets (a step costs less than"
+        " half one of 512, so at equal time the fit sees more data) and with weight decay 0.1"
+        " (`weight_decay=0.1`, AdamW) above 2 dimensions (the runs that measured the"
+        " tuned rows are named under each data set). flowjax flows:"
         " rational-quadratic spline transformer (8 knots on [-4, 4]), 8 layers, conditioner"
         " width 50, depth 1, Adam 5e-4"
         " (its defaults), data standardised first (as `fit` does internally); early-stopping"
