@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -277,7 +278,7 @@ def fit(
     if isinstance(val_window, bool) or not isinstance(val_window, int) or val_window < 1:
         raise ValueError(f"val_window must be a positive integer, got {val_window!r}.")
     if isinstance(weight_decay, bool) or not (
-        isinstance(weight_decay, (int, float)) and 0.0 <= weight_decay < math.inf
+        isinstance(weight_decay, numbers.Real) and 0.0 <= weight_decay < math.inf
     ):
         raise ValueError(f"weight_decay must be a non-negative number, got {weight_decay!r}.")
     if weight_decay > 0 and optimizer is not None:

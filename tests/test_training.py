@@ -235,9 +235,10 @@ def test_weight_decay_shrinks_the_parameters_and_zero_is_plain_adam():
     options = dict(val_prop=0.0, max_epochs=40, batch_size=100, **SMALL)
     plain, _ = nsi.fit(jax.random.key(1), data, **options)
     zero, _ = nsi.fit(jax.random.key(1), data, weight_decay=0.0, **options)
-    decayed, _ = nsi.fit(jax.random.key(1), data, weight_decay=2.0, **options)
     for a, b in zip(array_leaves(plain.velocity), array_leaves(zero.velocity), strict=True):
         np.testing.assert_array_equal(a, b)
+    # a NumPy scalar is a number too
+    decayed, _ = nsi.fit(jax.random.key(1), data, weight_decay=np.float32(2.0), **options)
 
     def norm(flow):
         return float(jnp.sqrt(sum(jnp.sum(a**2) for a in array_leaves(flow.velocity))))
