@@ -258,20 +258,22 @@ def evaluate(trained: Trained, data: Dataset, key, n_samples: int = 2000
 
 
 def more_keys(method: str, key, data: Dataset, budget: float, first: np.ndarray, seeds: int
-              ) -> tuple[list[float], np.ndarray | None]:
+              ) -> tuple[list[float], list[float], np.ndarray | None]:
     """Fit `method` again with keys 1..seeds-1 (folded into the first fit's `key`) under the
     same budget; returns the NLL of every key's fit (the first from `first`, its held-out log
-    densities) and the per-point log densities averaged over keys (None if any is not
-    finite). Only the held-out NLL is measured for the extra fits."""
-    values = [first]
+    densities), the training CPU seconds of the extra fits and the per-point log densities
+    averaged over keys (None if any is not finite). Only the held-out NLL is measured for the
+    extra fits."""
+    values, cpu = [first], []
     for j in range(1, seeds):
         trained = METHODS[method](jax.random.fold_in(key, j), data.train, budget)
         values.append(chunked_log_prob(trained.log_prob, data.test)[0])
+        cpu.append(float(trained.train_cpu))
         print(f"  {method:18s} key {j}: train {trained.train_cpu:5.1f}s CPU ({trained.steps}"
               f" steps)  NLL {heldout_nll(values[-1]):.3f}", flush=True)
     nlls = [heldout_nll(v) for v in values]
     stacked = np.stack(values).astype(np.float64)
-    return nlls, stacked.mean(0) if np.isfinite(stacked).all() else None
+    return nlls, cpu, stacked.mean(0) if np.isfinite(stacked).all() else None
 
 
 def config_study(data: Dataset, steps: int, only: list[str] | None = None) -> list[dict]:
@@ -808,9 +810,12 @@ def _variant_label(row: dict) -> str:
 def _key_cell(row: dict) -> str:
     """A row's NLL for the goal table: over its training keys when it has several."""
     keys = _keys(row)
-    if keys:
-        return f"{key_nll(row):.3f} (mean of {len(keys)} keys, s.d. {np.std(keys, ddof=1):.3f})"
-    return f"{row['nll']:.3f}"
+    if not keys:
+        return f"{row['nll']:.3f}"
+    cpu = row.get("train_cpu_keys")  # rows stored before stop 15 kept only the first key's
+    spent = f"; training {min(cpu):.0f}-{max(cpu):.0f} CPU s" if cpu else ""
+    return (f"{key_nll(row):.3f} (mean of {len(keys)} keys, s.d. {np.std(keys, ddof=1):.3f}"
+            f"{spent})")
 
 
 def render(results: dict) -> str:
@@ -921,7 +926,9 @@ def render(results: dict) -> str:
         " initialisation, batches and times) are compared by their NLLs averaged over keys;"
         " their standard error adds each row's between-key standard error (s.d. / sqrt(K),"
         " the training noise) to the held-out one (paired on the key-averaged log"
-        " densities). The main table shows the first key's fit.",
+        " densities). The main table shows the first key's fit; \"training a-b CPU s\" is the"
+        " range of the keys' training CPU seconds (recorded since stop 15: early stopping can"
+        " end a fit well inside its budget).",
         "",
         "| data set | best flowjax NLL | numpyro_si defaults | ≤ best flowjax? |"
         " numpyro_si tuned | ≤ best flowjax? |",
@@ -1333,8 +1340,10 @@ def main(argv=None):
                 flush=True,
             )
             if args.seeds > 1 and method in seed_methods:
-                row["nll_keys"], mean_values = more_keys(method, key, data, budget, values,
-                                                         args.seeds)
+                row["nll_keys"], extra_cpu, mean_values = more_keys(
+                    method, key, data, budget, values, args.seeds
+                )
+                row["train_cpu_keys"] = [row["train_cpu"], *extra_cpu]
                 if mean_values is not None:
                     heldout[method + KEY_MEAN] = mean_values
         if not args.solver_only:  # --solver-only: the stored rows and figures stay

@@ -169,6 +169,11 @@ def test_verdict_over_training_keys_adds_the_between_key_noise(tmp_path, monkeyp
     single = {k: v for k, v in a.items() if k != "nll_keys"}
     verdict, diff, se, paired = density._nll_comparison(single, b, "toy")
     assert paired and diff == pytest.approx(a["nll"] - density.key_nll(b), abs=1e-5)
+    # the goal table's cell: key mean and spread, and the keys' training CPU seconds if stored
+    assert density._key_cell(single) == f"{a['nll']:.3f}"
+    assert density._key_cell(a).endswith("s.d. 0.030)") and "CPU" not in density._key_cell(a)
+    a["train_cpu_keys"] = [40.2, 23.9, 31.0]
+    assert density._key_cell(a).endswith("s.d. 0.030; training 24-40 CPU s)")
 
 
 def test_atomic_writes_leave_the_previous_file_when_a_write_fails(tmp_path):
