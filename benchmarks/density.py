@@ -813,7 +813,8 @@ def _key_cell(row: dict) -> str:
     if not keys:
         return f"{row['nll']:.3f}"
     cpu = row.get("train_cpu_keys")  # rows stored before stop 15 kept only the first key's
-    spent = f"; training {min(cpu):.0f}-{max(cpu):.0f} CPU s" if cpu else ""
+    low, high = (f"{min(cpu):.0f}", f"{max(cpu):.0f}") if cpu else ("", "")
+    spent = f"; training {low if low == high else f'{low}-{high}'} CPU s" if cpu else ""
     return (f"{key_nll(row):.3f} (mean of {len(keys)} keys, s.d. {np.std(keys, ddof=1):.3f}"
             f"{spent})")
 

@@ -174,6 +174,8 @@ def test_verdict_over_training_keys_adds_the_between_key_noise(tmp_path, monkeyp
     assert density._key_cell(a).endswith("s.d. 0.030)") and "CPU" not in density._key_cell(a)
     a["train_cpu_keys"] = [40.2, 23.9, 31.0]
     assert density._key_cell(a).endswith("s.d. 0.030; training 24-40 CPU s)")
+    a["train_cpu_keys"] = [40.2, 39.9, 40.4]
+    assert density._key_cell(a).endswith("s.d. 0.030; training 40 CPU s)")
 
 
 def test_atomic_writes_leave_the_previous_file_when_a_write_fails(tmp_path):
