@@ -180,19 +180,34 @@ CONFIG_STUDY = {
 THROUGHPUT_DIMS = (2, 10, 64)
 CHECKED_VARIANT = "Tsit5, fewest fixed steps within 0.01 nats on 1000 training points"
 CHECK_POINTS, CHECK_MAX_ERROR = 1000, 1e-2
-# Likelihood-solver variants measured on the default numpyro_si flow of every data set.
+
+
+def _solve_with(**options):
+    """A solver variant: the flow with these `with_sampler` options (none: the flow itself)."""
+    return lambda flow, train: (flow.with_sampler(**options) if options else flow, {})
+
+
+def _checked_fixed_steps(flow, train):
+    """Fixed steps chosen by `flow.with_fixed_step_likelihood` on training points, then measured
+    on the held-out ones like every other variant (an out-of-sample check of that method)."""
+    variant, report = flow.with_fixed_step_likelihood(train[:CHECK_POINTS],
+                                                      max_error=CHECK_MAX_ERROR)
+    return variant, {"n_steps": report["n_steps"], "check_error": report["max_error"]}
+
+
+# Likelihood-solver variants measured on the default numpyro_si flow of every data set: each
+# maps (flow, training points) to (the flow to measure, extra fields of its row).
 SOLVER_VARIANTS = {
-    "Tsit5 adaptive, tol 1e-5 (default)": {},
-    "Tsit5 adaptive, tol 1e-4": dict(rtol=1e-4, atol=1e-4),
-    "Tsit5 adaptive, tol 1e-3": dict(rtol=1e-3, atol=1e-3),
-    "Tsit5, 8 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=8)),
-    "Tsit5, 6 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=6)),
-    "Tsit5, 4 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=4)),
-    "Tsit5, 2 fixed steps": dict(likelihood_solver=nsi.ODESampler(n_steps=2)),
-    "Heun, 8 fixed steps": dict(likelihood_solver=nsi.ODESampler(diffrax.Heun(), n_steps=8)),
-    # fixed steps chosen by `flow.with_fixed_step_likelihood` on training points, then measured
-    # on the held-out ones like every other variant (an out-of-sample check of that method)
-    CHECKED_VARIANT: "checked",
+    "Tsit5 adaptive, tol 1e-5 (default)": _solve_with(),
+    "Tsit5 adaptive, tol 1e-4": _solve_with(rtol=1e-4, atol=1e-4),
+    "Tsit5 adaptive, tol 1e-3": _solve_with(rtol=1e-3, atol=1e-3),
+    "Tsit5, 8 fixed steps": _solve_with(likelihood_solver=nsi.ODESampler(n_steps=8)),
+    "Tsit5, 6 fixed steps": _solve_with(likelihood_solver=nsi.ODESampler(n_steps=6)),
+    "Tsit5, 4 fixed steps": _solve_with(likelihood_solver=nsi.ODESampler(n_steps=4)),
+    "Tsit5, 2 fixed steps": _solve_with(likelihood_solver=nsi.ODESampler(n_steps=2)),
+    "Heun, 8 fixed steps": _solve_with(
+        likelihood_solver=nsi.ODESampler(diffrax.Heun(), n_steps=8)),
+    CHECKED_VARIANT: _checked_fixed_steps,
 }
 
 
@@ -389,14 +404,8 @@ def solver_study(flow: nsi.SIFlow, data: Dataset) -> tuple[list[dict], float]:
     before = flowjax_log_prob_rate(data, x)
     rows = []
     baseline = None
-    for name, options in SOLVER_VARIANTS.items():
-        extra = {}
-        if options == "checked":
-            variant, report = flow.with_fixed_step_likelihood(data.train[:CHECK_POINTS],
-                                                               max_error=CHECK_MAX_ERROR)
-            extra = {"n_steps": report["n_steps"], "check_error": report["max_error"]}
-        else:
-            variant = flow.with_sampler(**options) if options else flow
+    for name, make_variant in SOLVER_VARIANTS.items():
+        variant, extra = make_variant(flow, data.train)
         log_prob, _, _ = siflow_evaluators(variant)
         values, nfe, elapsed, n_eval = chunked_log_prob(log_prob, x)
         if baseline is None:
