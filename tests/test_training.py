@@ -42,6 +42,12 @@ def array_leaves(tree):
     return jax.tree.leaves(eqx.filter(tree, eqx.is_array))
 
 
+def assert_same_velocity(flow_a, flow_b):
+    """The two flows' velocity networks have bit-identical parameters."""
+    for a, b in zip(array_leaves(flow_a.velocity), array_leaves(flow_b.velocity), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 # ----------------------------------------------------------------------------------------------
 # history, progress, loss decrease
 # ----------------------------------------------------------------------------------------------
@@ -153,8 +159,7 @@ def test_early_stopping_returns_the_best_epoch():
     )
     np.testing.assert_array_equal(replay_history["val_loss"], val[:best])
     assert replay_history["best_epoch"] == best and not replay_history["stopped_early"]
-    for a, b in zip(array_leaves(replay.velocity), array_leaves(flow.velocity), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_velocity(replay, flow)
 
 
 def test_early_stopping_counts_patience_in_epochs_across_rounds():
@@ -203,8 +208,7 @@ def test_ema_decay_zero_returns_the_raw_parameters():
     options = dict(val_prop=0.0, max_epochs=5, batch_size=100, **SMALL)
     raw, _ = nsi.fit(jax.random.key(1), data, **options)
     averaged, _ = nsi.fit(jax.random.key(1), data, ema_decay=0.0, **options)
-    for a, b in zip(array_leaves(raw.velocity), array_leaves(averaged.velocity), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_velocity(raw, averaged)
 
 
 def test_ema_is_the_documented_moving_average_of_the_iterates():
@@ -235,8 +239,7 @@ def test_weight_decay_shrinks_the_parameters_and_zero_is_plain_adam():
     options = dict(val_prop=0.0, max_epochs=40, batch_size=100, **SMALL)
     plain, _ = nsi.fit(jax.random.key(1), data, **options)
     zero, _ = nsi.fit(jax.random.key(1), data, weight_decay=0.0, **options)
-    for a, b in zip(array_leaves(plain.velocity), array_leaves(zero.velocity), strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert_same_velocity(plain, zero)
     # a NumPy scalar is a number too
     decayed, _ = nsi.fit(jax.random.key(1), data, weight_decay=np.float32(2.0), **options)
 
