@@ -1,9 +1,11 @@
 """numpyro_si: stochastic-interpolant generative models as NumPyro distributions."""
 
 from . import datasets, oracle
+from ._build import build_flow
+from ._checks import check_data
 from ._conditional import ConditionalSIFlow, ConditionedField
 from ._constrained import ConstrainedSIFlow
-from ._distribution import SIFlow, Standardization
+from ._distribution import SIFlow
 from ._dynamics import (
     AbstractEps,
     ConstantEps,
@@ -14,6 +16,8 @@ from ._dynamics import (
     ZeroEndsEps,
     as_eps,
 )
+from ._fit import fit
+from ._flow import AbstractFlow, Standardization
 from ._interpolants import (
     AbstractGamma,
     AbstractInterpolant,
@@ -34,15 +38,15 @@ from ._interpolants import (
     ZeroGamma,
 )
 from ._io import load, save
-from ._networks import ACTIVATIONS, FieldMLP
+from ._networks import ACTIVATIONS, FieldMLP, FieldMLPSpec, default_network_size
 from ._objectives import (
     AbstractTimeSampler,
     BetaTime,
     UniformTime,
     denoiser_loss,
+    deterministic_velocity_loss,
     sample_coupling,
     score_loss,
-    v_loss,
     velocity_loss,
 )
 from ._reparam import FlowReparam
@@ -51,9 +55,22 @@ from ._solvers import (
     AbstractSampler,
     ExactDivergence,
     HutchinsonDivergence,
+    ODELikelihood,
     ODESampler,
     SDESampler,
     SolveInfo,
+    SolverSettings,
 )
-from ._training import check_data, default_network_size, fit
+from ._training import (
+    EarlyStopping,
+    Objective,
+    StepPlan,
+    StoppingState,
+    TrainHistory,
+    Validation,
+    default_optimizer,
+    ema_update,
+    plan_steps,
+    train,
+)
 from ._version import __version__

@@ -14,19 +14,13 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
-from ._constrained import ConstrainedSIFlow, to_unconstrained
-from ._distribution import (
-    FIXED_STEP_CANDIDATES,
-    SIFlow,
-    Standardization,
-    _check_fixed_step_request,
-    _fewest_fixed_steps,
-    _FlowModel,
-    _FlowModelAccessors,
-)
+from ._checks import check_points, reject_unknown
+from ._constrained import ConstrainedSIFlow, check_support_fits, to_unconstrained
+from ._distribution import RENAMED_FLOW_OPTIONS, SIFlow, _checked_parts
 from ._dynamics import Fields
+from ._flow import FIXED_STEP_CANDIDATES, AbstractFlow, Standardization, _FlowModel
 from ._interpolants import AbstractInterpolant
-from ._solvers import AbstractDivergence, AbstractSampler, ODESampler
+from ._solvers import SolverSettings
 
 __all__ = ["ConditionedField", "ConditionalSIFlow"]
 
@@ -59,7 +53,7 @@ class ConditionedField(eqx.Module):
         return self.network(t, x, context)
 
 
-class ConditionalSIFlow(eqx.Module, _FlowModelAccessors):
+class ConditionalSIFlow(AbstractFlow):
     """A conditional flow p(theta | context): an `SIFlow` whose fields take a context vector.
 
     `fit(key, theta, context=y)` returns one. `condition(y_obs)` binds a context and gives a proper
@@ -72,21 +66,14 @@ class ConditionalSIFlow(eqx.Module, _FlowModelAccessors):
     - `interpolant`, `velocity`, `score`: as for `SIFlow`, but the fields are called as
       `velocity(t, x, context)` (e.g. `FieldMLP(d, context_dim=k)`).
     - `context_dim`: k, the context's dimension.
-    - `base`, `dim`, `sampler`, `eps`, `rtol`, `atol`, `divergence`, `likelihood_solver`,
-      `standardization`: as for `SIFlow` (every conditioned flow shares them).
+    - `base`, `dim`, `settings`, `standardization`: as for `SIFlow` (every conditioned flow
+      shares them).
     - `context_standardization`: the map from data-unit contexts to the networks' input space.
     - `support`: a NumPyro constraint: conditioned flows are then `ConstrainedSIFlow`s on it.
 
     `velocity` and `score` (properties) are the context-taking networks; `interpolant`,
-    `sampler`, `standardization`, `rtol`, ... are shared with every conditioned flow.
+    `settings`, `standardization`, ... are shared with every conditioned flow.
     """
-
-    _model: _FlowModel
-    base: dist.Distribution
-    context_standardization: Standardization | None
-    support: constraints.Constraint | None
-    dim: int = eqx.field(static=True)
-    context_dim: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -97,18 +84,14 @@ class ConditionalSIFlow(eqx.Module, _FlowModelAccessors):
         context_dim: int,
         base: dist.Distribution | None = None,
         dim: int | None = None,
-        sampler: str | AbstractSampler = "ode",
-        eps: float | Callable | None = None,
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        divergence: str | AbstractDivergence = "exact",
-        likelihood_solver: ODESampler | None = None,
+        settings: SolverSettings | None = None,
         standardization: Standardization | None = None,
         context_standardization: Standardization | None = None,
         support: constraints.Constraint | None = None,
+        **renamed,
     ):
-        if not (isinstance(context_dim, int) and context_dim >= 1):
-            raise ValueError(f"context_dim must be a positive integer, got {context_dim!r}.")
+        reject_unknown(renamed, "ConditionalSIFlow", RENAMED_FLOW_OPTIONS)
+        context_dim = _check_context_dim(context_dim)
         if context_standardization is not None and context_standardization.shift.shape != (
             context_dim,
         ):
@@ -116,27 +99,56 @@ class ConditionalSIFlow(eqx.Module, _FlowModelAccessors):
                 f"context_standardization has dimension {context_standardization.shift.shape},"
                 f" expected ({context_dim},)."
             )
-        # Build one conditioned flow: SIFlow validates every option, and its model is ours with
-        # the bare (context-taking) networks in place of the bound ones.
+        for name, network in (("velocity", velocity), ("score", score)):
+            if network is not None and not callable(network):
+                raise TypeError(f"{name} must be callable as {name}(t, x, context), got {network!r}.")
+        if velocity is None:
+            raise TypeError("velocity is required: a callable velocity(t, x, context).")
+        # the plain flow's checks, on the networks with a context bound (none calls them)
         probe = jnp.zeros(context_dim)
-        flow = SIFlow(
+        fields, base, dim = _checked_parts(
             interpolant, ConditionedField(velocity, probe),
-            None if score is None else ConditionedField(score, probe), base, dim=dim,
-            sampler=sampler, eps=eps, rtol=rtol, atol=atol, divergence=divergence,
-            likelihood_solver=likelihood_solver, standardization=standardization,
+            None if score is None else ConditionedField(score, probe), base, dim, standardization,
         )
-        self._model = eqx.tree_at(
-            lambda m: m.fields, flow._model, Fields(flow.interpolant, velocity, score)
-        )
-        self.base = flow.base
+        fields = Fields(fields.interpolant, velocity, score)
+        settings = SolverSettings() if settings is None else settings
+        if not isinstance(settings, SolverSettings):
+            raise TypeError(f"settings must be a SolverSettings, got {settings!r}.")
+        settings.check_fields(fields)
+        if support is not None:
+            check_support_fits(support, dim)
+        self._conditional_model = _FlowModel(fields, settings, standardization)
+        self.base = base
         self.context_standardization = context_standardization
         self.support = support
-        self.dim = flow.dim
+        self._dim = dim
         self.context_dim = context_dim
-        if support is not None:
-            ConstrainedSIFlow(flow, support)  # checks that the support fits the dimension
 
-    # -- accessors ------------------------------------------------------------------------------
+    # -- the flow family ------------------------------------------------------------------------
+
+    def _parts(self):
+        return (self._conditional_model, self.base, self.context_standardization, self.support,
+                self._dim, self.context_dim)
+
+    @classmethod
+    def _from_parts(cls, model, base, context_standardization, support, dim, context_dim):
+        new = cls.__new__(cls)
+        new._conditional_model, new.base = model, base
+        new.context_standardization, new.support = context_standardization, support
+        new._dim, new.context_dim = dim, context_dim
+        return new
+
+    @property
+    def _model(self) -> _FlowModel:
+        return self._conditional_model
+
+    def _with_model(self, model: _FlowModel) -> ConditionalSIFlow:
+        return self._from_parts(model, *self._parts()[1:])
+
+    @property
+    def dim(self) -> int:
+        """d, the dimension of theta's (unconstrained) space."""
+        return self._dim
 
     @property
     def event_shape(self) -> tuple[int, ...]:
@@ -169,7 +181,7 @@ class ConditionalSIFlow(eqx.Module, _FlowModelAccessors):
         return context
 
     def _condition(self, context) -> SIFlow | ConstrainedSIFlow:
-        fields = self._model.fields
+        fields = self.fields
 
         def bind(network):
             return None if network is None else ConditionedField(
@@ -182,7 +194,7 @@ class ConditionalSIFlow(eqx.Module, _FlowModelAccessors):
             lambda m: m.fields, self._model,
             Fields(fields.interpolant, bind(fields.velocity), bind(fields.score)),
         )
-        flow = SIFlow._from_parts(model, self.base, (self.dim,))
+        flow = SIFlow._from_parts(model, self.base, self.dim)
         return flow if self.support is None else ConstrainedSIFlow(flow, self.support)
 
     def condition(self, context: Float[ArrayLike, " k"]) -> SIFlow | ConstrainedSIFlow:
@@ -193,14 +205,6 @@ class ConditionalSIFlow(eqx.Module, _FlowModelAccessors):
         """
         return self._condition(self._check_context(context, batched=False))
 
-    def with_sampler(self, *args, **kwargs) -> ConditionalSIFlow:
-        """A copy with other sampler or solver options (see `SIFlow.with_sampler`)."""
-        flow = self._condition(jnp.zeros(self.context_dim))
-        flow = flow.flow if isinstance(flow, ConstrainedSIFlow) else flow
-        new_model = flow.with_sampler(*args, **kwargs)._model
-        new_model = eqx.tree_at(lambda m: m.fields, new_model, self._model.fields)
-        return eqx.tree_at(lambda c: c._model, self, new_model)
-
     def with_fixed_step_likelihood(
         self, x: ArrayLike, context: Float[ArrayLike, "n k"], *, max_error: float = 1e-2,
         candidates: tuple[int, ...] = FIXED_STEP_CANDIDATES,
@@ -210,28 +214,19 @@ class ConditionalSIFlow(eqx.Module, _FlowModelAccessors):
         nats at every pair. `x`: shape `(n,) + event_shape` (points of `support` if it has one),
         `context`: `(n, k)`, one context per point (e.g. held-out (theta, y) pairs). Returns
         `(flow, report)`, every conditioned flow of the returned one using the chosen solve."""
-        max_error, candidates = _check_fixed_step_request(
-            self.likelihood_solver, max_error, candidates
-        )
-        context = self._check_context(context, batched=True)
-        if self.support is None:
-            x = jnp.asarray(x)
-            if not jnp.issubdtype(x.dtype, jnp.floating):
-                x = x.astype(jnp.zeros(()).dtype)
-            if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != self.dim:
-                raise ValueError(f"x must have shape (n, {self.dim}) with n >= 1, got {x.shape}.")
-            if not bool(jnp.all(jnp.isfinite(x))):
-                raise ValueError("x contains NaN or infinite values.")
-        else:
-            x = to_unconstrained(x, self.support, name="x")[0]
-        if context.shape != (x.shape[0], self.context_dim):
-            raise ValueError(
-                f"context must have shape ({x.shape[0]}, {self.context_dim}), one row per point of"
-                f" x, got {context.shape}."
-            )
-        return _fewest_fixed_steps(
-            self, lambda flow: _conditional_log_prob_with_info(flow, x, context), max_error,
-            candidates,
+        if self.likelihood.n_steps is None:
+            context = self._check_context(context, batched=True)
+            if self.support is None:
+                x = check_points(x, self.dim, finite=True, min_rows=1)
+            else:
+                x = to_unconstrained(x, self.support, name="x")[0]
+            if context.shape != (x.shape[0], self.context_dim):
+                raise ValueError(
+                    f"context must have shape ({x.shape[0]}, {self.context_dim}), one row per"
+                    f" point of x, got {context.shape}."
+                )
+        return self._fewest_fixed_steps(
+            lambda flow: _conditional_log_prob_with_info(flow, x, context), max_error, candidates
         )
 
     # -- batched conveniences ------------------------------------------------------------------
@@ -294,3 +289,9 @@ def _conditional_log_prob_with_info(flow, x, context):
         return conditioned.log_prob_with_info(value)
 
     return jax.vmap(one)(x, context)
+
+
+def _check_context_dim(context_dim) -> int:
+    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
+        raise ValueError(f"context_dim must be a positive integer, got {context_dim!r}.")
+    return context_dim

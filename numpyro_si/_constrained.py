@@ -9,10 +9,14 @@ import numpyro.distributions as dist
 from jaxtyping import Array, ArrayLike, Float
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import ComposeTransform, Transform, biject_to
+from numpyro.distributions.util import sum_rightmost
 
-from ._distribution import FIXED_STEP_CANDIDATES, SIFlow
+from ._checks import describe_rows
+from ._distribution import SIFlow
+from ._flow import FIXED_STEP_CANDIDATES, AbstractFlow, _FlowModel
+from ._solvers import SolveInfo
 
-__all__ = ["ConstrainedSIFlow", "to_unconstrained", "is_unconstrained"]
+__all__ = ["ConstrainedSIFlow", "to_unconstrained", "is_unconstrained", "check_support_fits"]
 
 
 def is_unconstrained(support: constraints.Constraint | None) -> bool:
@@ -43,13 +47,6 @@ def _transform_for(support) -> Transform:
             f" {transform.domain.event_dim}; a flow needs vectors."
         )
     return transform
-
-
-def _bad_rows(bad) -> str:
-    """'3 row(s) (rows 4, 7, 9)': how many rows are bad and the first few of them."""
-    rows = np.flatnonzero(bad)
-    shown = ", ".join(str(r) for r in rows[:5]) + (", ..." if rows.size > 5 else "")
-    return f"{rows.size} row(s) (rows {shown})"
 
 
 def to_unconstrained(
@@ -97,26 +94,26 @@ def to_unconstrained(
     finite = np.asarray(jnp.all(jnp.isfinite(array.reshape(array.shape[0], -1)), axis=1))
     if not finite.all():
         raise ValueError(
-            f"{name} contains NaN or inf in {_bad_rows(~finite)}; remove or impute them."
+            f"{name} contains NaN or inf in {describe_rows(~finite)}; remove or impute them."
         )
     inside = np.asarray(support.check(array))
     inside = inside.reshape(array.shape[0], -1).all(axis=1)
     if not inside.all():
         raise ValueError(
-            f"{name} has {_bad_rows(~inside)} outside the support {support}; fix or drop them,"
+            f"{name} has {describe_rows(~inside)} outside the support {support}; fix or drop them,"
             " or choose another support."
         )
     unconstrained = transform.inv(array)
     mapped = np.asarray(jnp.all(jnp.isfinite(unconstrained), axis=1))
     if not mapped.all():
         raise ValueError(
-            f"{name} has {_bad_rows(~mapped)} on the boundary of the support {support}, where the"
+            f"{name} has {describe_rows(~mapped)} on the boundary of the support {support}, where the"
             " unconstrained value is infinite; move them inside (e.g. clip by a small margin)."
         )
     return unconstrained, transform, event_shape
 
 
-class ConstrainedSIFlow(dist.TransformedDistribution):
+class ConstrainedSIFlow(AbstractFlow, dist.TransformedDistribution):
     """An `SIFlow` on the unconstrained space pushed through `biject_to(support)`: a NumPyro
     distribution on `support`, whose `log_prob` includes the log-Jacobian of the bijection.
 
@@ -131,26 +128,44 @@ class ConstrainedSIFlow(dist.TransformedDistribution):
       `constraints.interval(0, 1)`, `constraints.simplex`, `constraints.positive_definite`).
 
     `support` is the given constraint, made `independent` over the event when it is elementwise
-    (positive, interval, ...), as for `dist.LogNormal(...).to_event(1)`.
+    (positive, interval, ...), as for `dist.LogNormal(...).to_event(1)`. `dim` is m, the
+    dimension of the unconstrained space the fields live in; `event_shape` is the support's.
     """
-
-    pytree_data_fields = ("constraint",)
 
     def __init__(
         self, flow: SIFlow, support: constraints.Constraint, *, validate_args: bool | None = None
     ):
         if not isinstance(flow, SIFlow):
             raise TypeError(f"flow must be an SIFlow, got {type(flow).__name__}.")
-        transform = _transform_for(support)
-        if transform.domain.event_dim == 1:
-            try:
-                transform.forward_shape(flow.event_shape)
-            except (ValueError, TypeError) as error:
-                raise ValueError(
-                    f"A {flow.dim}-dimensional flow does not fit support {support}: {error}"
-                ) from None
+        transform = check_support_fits(support, flow.dim)
         super().__init__(flow, transform, validate_args=validate_args)
         self.constraint = support
+
+    # -- the flow family ------------------------------------------------------------------------
+
+    def _parts(self):
+        return (self.base_dist, self.transforms, self.constraint, self.batch_shape,
+                self.event_shape, self._validate_args)
+
+    @classmethod
+    def _from_parts(cls, flow, transforms, support, batch_shape, event_shape, validate_args):
+        new = cls.__new__(cls)
+        new.base_dist, new.transforms, new.constraint = flow, transforms, support
+        dist.Distribution.__init__(new, batch_shape, event_shape, validate_args=validate_args)
+        return new
+
+    @property
+    def _model(self) -> _FlowModel:
+        return self.base_dist._model
+
+    def _with_model(self, model: _FlowModel) -> ConstrainedSIFlow:
+        parts = self._parts()
+        return self._from_parts(self.base_dist._with_model(model), *parts[1:])
+
+    @property
+    def dim(self) -> int:
+        """m, the dimension of the unconstrained space the fields live in."""
+        return self.base_dist.dim
 
     @property
     def flow(self) -> SIFlow:
@@ -173,6 +188,41 @@ class ConstrainedSIFlow(dist.TransformedDistribution):
         extra = len(self.event_shape) - self.constraint.event_dim
         return self.constraint if extra == 0 else constraints.independent(self.constraint, extra)
 
+    # -- density ---------------------------------------------------------------------------------
+
+    def inverse_with_log_jacobian(self, value: ArrayLike) -> tuple[Array, Array]:
+        """`(y, log_jacobian)`: the unconstrained images y of points of the support and
+        log |det d y / d value|, what the density on the support adds to the flow's at y."""
+        value = jnp.asarray(value)
+        event_dim = len(self.event_shape)
+        log_jacobian, y = 0.0, value
+        for transform in reversed(self.transforms):  # as TransformedDistribution.log_prob
+            x = transform.inv(y)
+            batch_ndim = event_dim - transform.codomain.event_dim
+            log_jacobian = log_jacobian - sum_rightmost(
+                transform.log_abs_det_jacobian(x, y), batch_ndim
+            )
+            event_dim = transform.domain.event_dim + batch_ndim
+            y = x
+        return y, log_jacobian
+
+    def log_prob_with_info(self, value: ArrayLike) -> tuple[Array, SolveInfo]:
+        """`log_prob` and the `SolveInfo` of each point's likelihood solve (on its unconstrained
+        image)."""
+        y, log_jacobian = self.inverse_with_log_jacobian(value)
+        flow_log_prob, info = self.base_dist.log_prob_with_info(y)
+        return log_jacobian + flow_log_prob, info
+
+    def log_prob(self, value: ArrayLike) -> Array:
+        """log density on the support: the flow's at the unconstrained image plus the
+        log-Jacobian of the inverse bijection; -inf where the solver ran out of steps."""
+        return self.log_prob_with_info(value)[0]
+
+    def to_unconstrained(self, x: ArrayLike, name: str = "x") -> Array:
+        """Points of the support, `(n,) + event_shape`, checked to lie inside it, mapped to the
+        unconstrained space `(n, dim)` (see `to_unconstrained`)."""
+        return to_unconstrained(x, self.constraint, name=name)[0]
+
     def push_forward(self, z: Float[ArrayLike, "... m"]) -> Array:
         """Base draws to the support: the flow map, then the bijection."""
         return self.transform(self.flow.push_forward(z))
@@ -189,11 +239,24 @@ class ConstrainedSIFlow(dist.TransformedDistribution):
         support, shape `(n,) + event_shape`; the check runs on their unconstrained images (the
         log-Jacobian is the same for both solves, so the errors are those of this `log_prob`).
         Returns `(flow, report)`, the flow a `ConstrainedSIFlow` on the same support."""
-        unconstrained = to_unconstrained(x, self.constraint, name="x")[0]
+        unconstrained = self.to_unconstrained(x)
         flow, report = self.flow.with_fixed_step_likelihood(
             unconstrained, max_error=max_error, candidates=candidates
         )
-        return (self if flow is self.flow else ConstrainedSIFlow(flow, self.constraint)), report
+        return (self if flow is self.flow else self._with_model(flow._model)), report
 
     def __repr__(self):
         return f"ConstrainedSIFlow({self.flow!r}, support={self.constraint})"
+
+
+def check_support_fits(support: constraints.Constraint, dim: int) -> Transform:
+    """`biject_to(support)`, after checking that a flow on R^dim can serve `support`."""
+    transform = _transform_for(support)
+    if transform.domain.event_dim == 1:
+        try:
+            transform.forward_shape((dim,))
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"A {dim}-dimensional flow does not fit support {support}: {error}"
+            ) from None
+    return transform

@@ -1,8 +1,7 @@
-"""`SIFlow`: a stochastic-interpolant flow as a NumPyro distribution."""
+"""`SIFlow`: a stochastic-interpolant flow as a NumPyro distribution on R^d."""
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 
@@ -13,60 +12,34 @@ import numpyro.distributions as dist
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from numpyro.distributions import constraints
 
+from ._checks import check_points, reject_unknown
 from ._dynamics import Fields, as_eps, as_field
+from ._flow import (
+    FIXED_STEP_CANDIDATES,
+    AbstractFlow,
+    Standardization,
+    _FlowModel,
+)
 from ._interpolants import AbstractInterpolant, AbstractOneSidedInterpolant, MirrorInterpolant
 from ._solvers import (
-    AbstractDivergence,
-    AbstractSampler,
-    ExactDivergence,
     HutchinsonDivergence,
     ODESampler,
     SDESampler,
     SolveInfo,
+    SolverSettings,
     ode_log_likelihood,
     solve_ode,
     solve_sde,
 )
 
-__all__ = ["SIFlow", "Standardization"]
+__all__ = ["SIFlow", "Standardization", "RENAMED_FLOW_OPTIONS"]
 
-# step counts `with_fixed_step_likelihood` tries, in this order
-FIXED_STEP_CANDIDATES = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
-
-
-class Standardization(eqx.Module):
-    """The affine map y = (x - shift) / scale from data space to the space the fields live in.
-
-    `fit` stores the training data's mean and standard deviation here so users never whiten by
-    hand; `SIFlow` applies it (with its log-Jacobian) in `log_prob` and inverts it in `sample`.
-    """
-
-    shift: Float[Array, " d"]
-    scale: Float[Array, " d"]
-
-    def __check_init__(self):
-        if self.shift.shape != self.scale.shape or self.shift.ndim != 1:
-            raise ValueError(
-                f"shift and scale must both have shape (d,), got {self.shift.shape} and"
-                f" {self.scale.shape}."
-            )
-
-    @classmethod
-    def from_data(cls, data: Float[Array, "n d"], min_scale: float = 1e-8) -> Standardization:
-        """Per-coordinate mean and standard deviation of `data`."""
-        shift = jnp.mean(data, axis=0)
-        scale = jnp.maximum(jnp.std(data, axis=0), min_scale)
-        return cls(shift, scale)
-
-    def forward(self, x):
-        return (x - self.shift) / self.scale
-
-    def inverse(self, y):
-        return self.shift + self.scale * y
-
-    def log_abs_det_forward(self):
-        """log |d forward / dx| (a constant)."""
-        return -jnp.sum(jnp.log(self.scale))
+#: Constructor options that moved into `SolverSettings` (old name -> where it is now).
+RENAMED_FLOW_OPTIONS = {
+    name: f"a field of SolverSettings: pass settings=nsi.SolverSettings({new}=...)"
+    for name, new in (("sampler", "sampler"), ("rtol", "rtol"), ("atol", "atol"),
+                      ("divergence", "divergence"), ("likelihood_solver", "likelihood"))
+} | {"eps": "the noise level of SDESampler: settings=nsi.SolverSettings(sampler=nsi.SDESampler(eps))"}
 
 
 def _standard_normal(dim: int, dtype=None) -> dist.Distribution:
@@ -74,67 +47,19 @@ def _standard_normal(dim: int, dtype=None) -> dist.Distribution:
     return dist.Normal(jnp.zeros(dim, dtype=dtype), jnp.ones(dim, dtype=dtype)).to_event(1)
 
 
-class _FlowModel(eqx.Module):
-    """Everything of an `SIFlow` except the base distribution (kept apart: it is a NumPyro pytree)."""
-
-    fields: Fields
-    sampler: AbstractSampler
-    divergence: AbstractDivergence
-    likelihood_solver: ODESampler
-    standardization: Standardization | None
-    rtol: float = eqx.field(static=True)
-    atol: float = eqx.field(static=True)
+def is_standard_normal(base: dist.Distribution) -> bool:
+    """Whether `base` is the default base N(0, I) (an `Independent` standard `Normal`)."""
+    if not (isinstance(base, dist.Independent) and isinstance(base.base_dist, dist.Normal)):
+        return False
+    normal = base.base_dist
+    return bool(jnp.all(normal.loc == 0) and jnp.all(normal.scale == 1))
 
 
-class _FlowModelAccessors:
-    """Read-only views of the `_FlowModel` kept in `self._model` (SIFlow, ConditionalSIFlow)."""
-
-    @property
-    def interpolant(self) -> AbstractInterpolant:
-        return self._model.fields.interpolant
-
-    @property
-    def velocity(self) -> Callable:
-        return self._model.fields.velocity
-
-    @property
-    def score(self) -> Callable | None:
-        return self._model.fields.score
-
-    @property
-    def fields(self) -> Fields:
-        return self._model.fields
-
-    @property
-    def sampler(self) -> AbstractSampler:
-        return self._model.sampler
-
-    @property
-    def standardization(self) -> Standardization | None:
-        return self._model.standardization
-
-    @property
-    def rtol(self) -> float:
-        return self._model.rtol
-
-    @property
-    def atol(self) -> float:
-        return self._model.atol
-
-    @property
-    def divergence(self) -> AbstractDivergence:
-        return self._model.divergence
-
-    @property
-    def likelihood_solver(self) -> ODESampler:
-        return self._model.likelihood_solver
-
-
-class SIFlow(dist.Distribution, _FlowModelAccessors):
+class SIFlow(AbstractFlow, dist.Distribution):
     """A stochastic-interpolant flow as a NumPyro distribution on R^d.
 
-    `log_prob` solves the probability-flow ODE backward (MATH.md section 4); `sample` transports
-    base draws by the ODE or the SDE family (section 3). It is a pytree: pass it through
+    `log_prob` solves the probability-flow ODE backward (docs/math.md section 4); `sample`
+    transports base draws by the ODE or the SDE family (section 3). It is a pytree: pass it through
     `jax.jit` / `jax.vmap`, or use it as a prior, `numpyro.sample("theta", flow)`.
 
     **Arguments:**
@@ -147,11 +72,8 @@ class SIFlow(dist.Distribution, _FlowModelAccessors):
     - `base`: rho0, any NumPyro distribution with event shape `(d,)` (default standard normal;
       a one-sided interpolant requires the default).
     - `dim`: the dimension d, needed only when neither `base` nor the velocity tells it.
-    - `sampler`: `"ode"` (default), `"sde"`, or an `ODESampler` / `SDESampler`.
-    - `eps`: noise level for `sampler="sde"` (a float, a callable eps(t) or an `AbstractEps`).
-    - `rtol`, `atol`: tolerances of the adaptive solves (sampling and likelihood).
-    - `divergence`: `"exact"` (default), `"hutchinson"`, or an `AbstractDivergence`.
-    - `likelihood_solver`: an `ODESampler` giving the solver used in `log_prob`.
+    - `settings`: a `SolverSettings` (sampler, likelihood solve, divergence, tolerances; default
+      the ODE sampler, an adaptive Tsit5 likelihood with the exact divergence, rtol = atol = 1e-5).
     - `standardization`: an optional `Standardization` from data space to the fields' space.
 
     A solve that exhausts its step budget makes `log_prob` return -inf at that point (see
@@ -170,129 +92,46 @@ class SIFlow(dist.Distribution, _FlowModelAccessors):
         base: dist.Distribution | None = None,
         *,
         dim: int | None = None,
-        sampler: str | AbstractSampler = "ode",
-        eps: float | Callable | None = None,
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
-        divergence: str | AbstractDivergence = "exact",
-        likelihood_solver: ODESampler | None = None,
+        settings: SolverSettings | None = None,
         standardization: Standardization | None = None,
         validate_args: bool | None = None,
+        **renamed,
     ):
-        if not isinstance(interpolant, AbstractInterpolant):
-            raise TypeError(
-                f"interpolant must be a numpyro_si interpolant (AbstractInterpolant), got {interpolant!r}."
-            )
-        if isinstance(interpolant, MirrorInterpolant):
-            raise ValueError(
-                "A MirrorInterpolant has rho0 = rho1 and no tractable base density; it learns fields"
-                " for denoising but cannot define an SIFlow."
-            )
-        interpolant.check_boundary_conditions()
-        velocity = as_field(velocity, "velocity")
-        if velocity is None:
-            raise TypeError("velocity is required: a callable velocity(t, x).")
-        score = as_field(score, "score")
-        dim = _infer_dim(dim, base, velocity, standardization)
-        if base is None:
-            base = _standard_normal(dim)
-        else:
-            if isinstance(interpolant, AbstractOneSidedInterpolant):
-                raise ValueError(
-                    f"{type(interpolant).__name__} is one-sided: its base is N(0, I) by definition."
-                    " Omit `base`, or use a two-sided interpolant for another base."
-                )
-            if not isinstance(base, dist.Distribution):
-                raise TypeError(f"base must be a NumPyro distribution, got {base!r}.")
-            if tuple(base.event_shape) != (dim,) or tuple(base.batch_shape) != ():
-                raise ValueError(
-                    f"base must have event shape ({dim},) and no batch shape, got event shape"
-                    f" {tuple(base.event_shape)} and batch shape {tuple(base.batch_shape)}."
-                    " Use .to_event(1) on a factorised distribution."
-                )
-        if standardization is not None and standardization.shift.shape != (dim,):
-            raise ValueError(
-                f"standardization has dimension {standardization.shift.shape}, expected ({dim},)."
-            )
-        fields = Fields(interpolant, velocity, score)
-        self._model = _FlowModel(
-            fields=fields,
-            sampler=_as_sampler(sampler, eps, fields),
-            divergence=_as_divergence(divergence),
-            likelihood_solver=likelihood_solver or ODESampler(),
-            standardization=standardization,
-            rtol=float(rtol),
-            atol=float(atol),
-        )
+        reject_unknown(renamed, "SIFlow", RENAMED_FLOW_OPTIONS)
+        fields, base, dim = _checked_parts(interpolant, velocity, score, base, dim,
+                                           standardization)
+        settings = SolverSettings() if settings is None else settings
+        if not isinstance(settings, SolverSettings):
+            raise TypeError(f"settings must be a SolverSettings, got {settings!r}.")
+        settings.check_fields(fields)
+        self._flow_model = _FlowModel(fields, settings, standardization)
         self.base = base
         super().__init__(batch_shape=(), event_shape=(dim,), validate_args=validate_args)
 
-    # -- pytree: arrays are leaves, everything else (functions, options) is static -------------
+    # -- the flow family ------------------------------------------------------------------------
 
-    def tree_flatten(self):
-        dynamic, static = eqx.partition(self._model, eqx.is_array)
-        return (dynamic, self.base), (static, self.event_shape, self._validate_args)
-
-    @classmethod
-    def tree_unflatten(cls, aux_data, params):
-        static, event_shape, validate_args = aux_data
-        dynamic, base = params
-        flow = cls._from_parts(eqx.combine(dynamic, static), base, event_shape)
-        flow._validate_args = validate_args
-        return flow
+    def _parts(self):
+        return (self._flow_model, self.base, self.event_shape[0], self._validate_args)
 
     @classmethod
-    def _from_parts(cls, model: _FlowModel, base: dist.Distribution, event_shape) -> SIFlow:
-        """An SIFlow from an already validated model and base, without the constructor's checks
-        (which need concrete values): usable under `jax.jit`, e.g. to bind a traced context."""
+    def _from_parts(cls, model, base, dim, validate_args=None) -> SIFlow:
         flow = cls.__new__(cls)
-        flow._model = model
+        flow._flow_model = model
         flow.base = base
-        dist.Distribution.__init__(
-            flow, batch_shape=(), event_shape=tuple(event_shape), validate_args=False
-        )
+        dist.Distribution.__init__(flow, batch_shape=(), event_shape=(dim,),
+                                   validate_args=validate_args)
         return flow
 
-    # -- accessors ------------------------------------------------------------------------------
+    @property
+    def _model(self) -> _FlowModel:
+        return self._flow_model
+
+    def _with_model(self, model: _FlowModel) -> SIFlow:
+        return self._from_parts(model, self.base, self.dim, self._validate_args)
 
     @property
     def dim(self) -> int:
         return self.event_shape[0]
-
-    def with_sampler(
-        self, sampler: str | AbstractSampler | None = None, *, eps=None, rtol: float | None = None,
-        atol: float | None = None, divergence: str | AbstractDivergence | None = None,
-        likelihood_solver: ODESampler | None = None, **sampler_options,
-    ) -> SIFlow:
-        """A copy with other sampler or solver options (no retraining).
-
-        `sampler` is `"ode"`, `"sde"` or a sampler object; `sampler_options` go to `ODESampler` /
-        `SDESampler` (e.g. `n_steps=`); `eps` is the SDE noise level.
-        """
-        model = self._model
-        if sampler is None and (eps is not None or sampler_options):
-            sampler = "sde" if isinstance(model.sampler, SDESampler) or eps is not None else "ode"
-            if isinstance(model.sampler, SDESampler) and eps is None:
-                eps = model.sampler.eps
-        new_sampler = (
-            model.sampler if sampler is None
-            else _as_sampler(sampler, eps, model.fields, **sampler_options)
-        )
-        new = eqx.tree_at(lambda m: m.sampler, model, new_sampler)
-        if divergence is not None:
-            new = eqx.tree_at(lambda m: m.divergence, new, _as_divergence(divergence))
-        if likelihood_solver is not None:
-            new = eqx.tree_at(lambda m: m.likelihood_solver, new, likelihood_solver)
-        if rtol is not None or atol is not None:
-            new = _FlowModel(
-                fields=new.fields, sampler=new.sampler, divergence=new.divergence,
-                likelihood_solver=new.likelihood_solver, standardization=new.standardization,
-                rtol=float(rtol if rtol is not None else new.rtol),
-                atol=float(atol if atol is not None else new.atol),
-            )
-        flow = copy.copy(self)
-        flow._model = new
-        return flow
 
     def with_fixed_step_likelihood(
         self, x: Float[ArrayLike, "n d"], *, max_error: float = 1e-2,
@@ -303,12 +142,13 @@ class SIFlow(dist.Distribution, _FlowModelAccessors):
 
         A fixed-step solve costs the same at every point and skips the step-size control, so on
         smooth flows it is several times cheaper than the adaptive default at the same accuracy
-        (docs/guide.md, "Cost, and a faster solve"); but it has no error control of its own, so
-        it is only as good as the check made here. Pass points like those you will evaluate:
-        held-out data, or draws of the flow itself. The candidates are tried in increasing order,
-        each with this flow's likelihood solver (Tsit5 by default) and divergence, and only while
-        they take fewer steps than the adaptive solve's largest step count on `x` (beyond that
-        they would not be cheaper). If none qualifies, this flow is returned unchanged.
+        (docs/benchmarks.md, the density benchmark's solver table); but it has no error control
+        of its own, so it is only as good as the check made here. Pass points like those you will
+        evaluate: held-out data, or draws of the flow itself. The candidates are tried in
+        increasing order, each with this flow's likelihood solver (Tsit5 by default) and
+        divergence, and only while they take fewer steps than the adaptive solve's largest step
+        count on `x` (beyond that they would not be cheaper). If none qualifies, this flow is
+        returned unchanged.
 
         `report`: `n_steps` (None if the adaptive solve was kept), `max_error` (of the chosen
         solve, in nats), `adaptive_steps` (largest over `x`; steps include rejected ones) and
@@ -318,43 +158,26 @@ class SIFlow(dist.Distribution, _FlowModelAccessors):
         `ConditionalSIFlow.with_fixed_step_likelihood(theta, context)` (one context per point)
         make the same check.
         """
-        max_error, candidates = _check_fixed_step_request(
-            self.likelihood_solver, max_error, candidates
+        if self.likelihood.n_steps is None:
+            x = check_points(x, self.dim, finite=True, min_rows=1)
+        return self._fewest_fixed_steps(
+            lambda flow: _jitted_log_prob_with_info(flow, x), max_error, candidates
         )
-        x = self._check_points(x)
-        if x.ndim != 2 or x.shape[0] == 0:
-            raise ValueError(f"x must have shape (n, {self.dim}) with n >= 1, got {x.shape}.")
-        if not bool(jnp.all(jnp.isfinite(x))):
-            raise ValueError("x contains NaN or infinite values.")
-        return _fewest_fixed_steps(
-            self, lambda flow: _jitted_log_prob_with_info(flow, x), max_error, candidates
-        )
-
-    # -- input checks -------------------------------------------------------------------------
 
     def _check_points(self, x, name="x"):
-        x = jnp.asarray(x)
-        if not jnp.issubdtype(x.dtype, jnp.floating):
-            x = x.astype(jnp.zeros(()).dtype)
-        if x.ndim == 0 or x.shape[-1] != self.dim:
-            raise ValueError(
-                f"{name} must have shape (..., {self.dim}) for this {self.dim}-dimensional flow,"
-                f" got {x.shape}."
-            )
-        return x
+        return check_points(x, self.dim, name)
 
     # -- likelihood ---------------------------------------------------------------------------
 
     def _flow_log_prob_one(self, y, t, index):
-        model = self._model
-        interpolant = model.fields.interpolant
+        fields, settings = self.fields, self.settings
         key = None
-        if isinstance(model.divergence, HutchinsonDivergence):
-            key = jax.random.fold_in(model.divergence.key, index)
+        if isinstance(settings.divergence, HutchinsonDivergence):
+            key = jax.random.fold_in(settings.divergence.key, index)
         return ode_log_likelihood(
-            model.fields.velocity, self.base.log_prob, y, t, interpolant.time_min,
-            sampler=model.likelihood_solver, divergence=model.divergence, key=key,
-            rtol=model.rtol, atol=model.atol,
+            fields.velocity, self.base.log_prob, y, t, fields.interpolant.time_min,
+            method=settings.likelihood, divergence=settings.divergence, key=key,
+            rtol=settings.rtol, atol=settings.atol,
         )
 
     def log_prob_with_info(
@@ -396,18 +219,17 @@ class SIFlow(dist.Distribution, _FlowModelAccessors):
 
     def _transport(self, key, x0):
         """Move base draws x0 (n, d) to the data end with the configured sampler."""
-        model = self._model
-        interpolant = model.fields.interpolant
-        t0, t1 = interpolant.time_min, interpolant.time_max
-        sampler = model.sampler
+        fields, settings = self.fields, self.settings
+        t0, t1 = fields.interpolant.time_min, fields.interpolant.time_max
+        sampler = settings.sampler
         if isinstance(sampler, SDESampler):
             keys = jax.random.split(key, x0.shape[0])
             return jax.vmap(
-                lambda y, k: solve_sde(model.fields, y, k, t0, t1, sampler=sampler, data_end=t1)
+                lambda y, k: solve_sde(fields, y, k, t0, t1, sampler=sampler, data_end=t1)
             )(x0, keys)
         ys, info = jax.vmap(
-            lambda y: solve_ode(model.fields.velocity, y, t0, t1, sampler=sampler,
-                                rtol=model.rtol, atol=model.atol)
+            lambda y: solve_ode(fields.velocity, y, t0, t1, method=sampler,
+                                rtol=settings.rtol, atol=settings.atol)
         )(x0)
         return eqx.error_if(
             ys, ~info.succeeded[:, None],
@@ -432,12 +254,12 @@ class SIFlow(dist.Distribution, _FlowModelAccessors):
         """The ODE flow map X(t1) given X(t0) = x, in the fields' space (no standardization):
         t0 = 1, t1 = 0 encodes data to the base, t0 = 0, t1 = 1 decodes."""
         x = self._check_points(x)
-        model = self._model
-        sampler = model.sampler if isinstance(model.sampler, ODESampler) else ODESampler()
+        settings = self.settings
+        sampler = settings.sampler if isinstance(settings.sampler, ODESampler) else ODESampler()
         flat = x.reshape(-1, self.dim)
         ys, _ = jax.vmap(
-            lambda y: solve_ode(model.fields.velocity, y, t0, t1, sampler=sampler,
-                                rtol=model.rtol, atol=model.atol)
+            lambda y: solve_ode(self.fields.velocity, y, t0, t1, method=sampler,
+                                rtol=settings.rtol, atol=settings.atol)
         )(flat)
         return ys.reshape(x.shape)
 
@@ -486,52 +308,6 @@ def _jitted_log_prob_with_info(flow, x):
     return flow.log_prob_with_info(x)
 
 
-def _check_fixed_step_request(likelihood_solver, max_error, candidates):
-    """with_fixed_step_likelihood's option checks; returns (max_error as float, step counts)."""
-    if likelihood_solver.n_steps is not None:
-        raise ValueError(
-            "this flow's likelihood solve already has fixed steps"
-            f" (n_steps={likelihood_solver.n_steps}); call with_fixed_step_likelihood on"
-            " the flow with the adaptive solve it should be checked against."
-        )
-    try:
-        max_error_ = float(max_error)
-    except (TypeError, ValueError):
-        max_error_ = math.nan
-    if isinstance(max_error, bool) or not max_error_ > 0:
-        raise ValueError(f"max_error must be a positive number of nats, got {max_error!r}.")
-    if not candidates or any(int(k) != k or k < 1 for k in candidates):
-        raise ValueError(f"candidates must be positive step counts, got {candidates!r}.")
-    return max_error_, sorted(set(int(k) for k in candidates))
-
-
-def _fewest_fixed_steps(flow, evaluate, max_error, candidates):
-    """The search behind every `with_fixed_step_likelihood`: `flow` has an adaptive likelihood
-    solve and `with_sampler(likelihood_solver=...)`; `evaluate(flow)` gives (log_prob, SolveInfo)
-    at the caller's points. Returns `(flow or its fastest qualifying copy, report)`."""
-    solver = flow.likelihood_solver
-    reference, info = evaluate(flow)
-    if not bool(jnp.all(info.succeeded)):
-        raise ValueError(
-            f"the adaptive solve ran out of steps (max_steps={solver.max_steps}) at"
-            f" {int(jnp.sum(~info.succeeded))} of {info.succeeded.size} points; raise"
-            " ODESampler(max_steps=...) or check those points before comparing against it."
-        )
-    adaptive_steps = int(jnp.max(info.num_steps))
-    errors = {}
-    for n_steps in candidates:
-        if n_steps >= adaptive_steps:
-            break
-        fast = flow.with_sampler(likelihood_solver=ODESampler(solver.solver, n_steps=n_steps))
-        values, _ = evaluate(fast)
-        error = float(jnp.max(jnp.abs(values - reference)))  # NaN / inf fail the test
-        errors[n_steps] = error
-        if error <= max_error:
-            return fast, dict(n_steps=n_steps, max_error=error, adaptive_steps=adaptive_steps,
-                              errors=errors)
-    return flow, dict(n_steps=None, max_error=0.0, adaptive_steps=adaptive_steps, errors=errors)
-
-
 def _infer_dim(dim, base, velocity, standardization):
     candidates = {}
     if dim is not None:
@@ -557,34 +333,42 @@ def _infer_dim(dim, base, velocity, standardization):
     return values.pop()
 
 
-def _as_sampler(sampler, eps, fields: Fields, **options) -> AbstractSampler:
-    if isinstance(sampler, AbstractSampler):
-        if eps is not None or options:
-            raise ValueError("Give options inside the sampler object, or pass sampler as a string.")
-        chosen = sampler
-    elif sampler == "ode":
-        if eps is not None:
-            raise ValueError("eps is an SDE option; use sampler='sde'.")
-        chosen = ODESampler(**options)
-    elif sampler == "sde":
-        chosen = SDESampler(eps=as_eps(1.0 if eps is None else eps), **options)
-    else:
-        raise ValueError(f"sampler must be 'ode', 'sde' or a sampler object, got {sampler!r}.")
-    if isinstance(chosen, SDESampler) and not fields.has_score:
-        raise ValueError(
-            "SDE sampling needs the score: give `score=` (or fit with a score), or use a one-sided"
-            " interpolant, whose score follows from the velocity."
+def _checked_parts(interpolant, velocity, score, base, dim, standardization):
+    """The constructor's checks: `(Fields, base, dim)` or an error naming the problem."""
+    if not isinstance(interpolant, AbstractInterpolant):
+        raise TypeError(
+            "interpolant must be a numpyro_si interpolant (AbstractInterpolant), got"
+            f" {interpolant!r}."
         )
-    return chosen
-
-
-def _as_divergence(divergence) -> AbstractDivergence:
-    if isinstance(divergence, AbstractDivergence):
-        return divergence
-    if divergence == "exact":
-        return ExactDivergence()
-    if divergence == "hutchinson":
-        return HutchinsonDivergence(jax.random.key(0))
-    raise ValueError(
-        f"divergence must be 'exact', 'hutchinson' or an AbstractDivergence, got {divergence!r}."
-    )
+    if isinstance(interpolant, MirrorInterpolant):
+        raise ValueError(
+            "A MirrorInterpolant has rho0 = rho1 and no tractable base density; it learns fields"
+            " for denoising but cannot define an SIFlow."
+        )
+    interpolant.check_boundary_conditions()
+    velocity = as_field(velocity, "velocity")
+    if velocity is None:
+        raise TypeError("velocity is required: a callable velocity(t, x).")
+    score = as_field(score, "score")
+    dim = _infer_dim(dim, base, velocity, standardization)
+    if base is None:
+        base = _standard_normal(dim)
+    else:
+        if isinstance(interpolant, AbstractOneSidedInterpolant):
+            raise ValueError(
+                f"{type(interpolant).__name__} is one-sided: its base is N(0, I) by definition."
+                " Omit `base`, or use a two-sided interpolant for another base."
+            )
+        if not isinstance(base, dist.Distribution):
+            raise TypeError(f"base must be a NumPyro distribution, got {base!r}.")
+        if tuple(base.event_shape) != (dim,) or tuple(base.batch_shape) != ():
+            raise ValueError(
+                f"base must have event shape ({dim},) and no batch shape, got event shape"
+                f" {tuple(base.event_shape)} and batch shape {tuple(base.batch_shape)}."
+                " Use .to_event(1) on a factorised distribution."
+            )
+    if standardization is not None and standardization.shift.shape != (dim,):
+        raise ValueError(
+            f"standardization has dimension {standardization.shift.shape}, expected ({dim},)."
+        )
+    return Fields(interpolant, velocity, score), base, dim

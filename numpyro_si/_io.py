@@ -29,16 +29,17 @@ from numpyro.distributions import constraints
 from . import _dynamics, _interpolants, _objectives, _solvers
 from ._conditional import ConditionalSIFlow, ConditionedField
 from ._constrained import ConstrainedSIFlow
-from ._distribution import SIFlow, Standardization, _FlowModel
+from ._distribution import SIFlow, is_standard_normal
+from ._flow import Standardization, _FlowModel
 from ._networks import FieldMLP
 from ._version import __version__
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
-# Version 2 added constrained flows ("support") and conditional flows ("conditional"); version 1
-# files still load.
-FORMAT_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+# Version 2 added constrained flows ("support") and conditional flows ("conditional"); version 3
+# groups the solver options into `SolverSettings`. Versions 1 and 2 still load.
+FORMAT_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 _MAGIC = "numpyro_si.SIFlow"
 
 # Classes a saved configuration may name; nothing else is ever instantiated on load.
@@ -167,13 +168,6 @@ def _decode(obj):
     raise ValueError(f"Malformed entry in a saved flow: {obj!r}.")
 
 
-def _is_standard_normal(base: dist.Distribution) -> bool:
-    if not (isinstance(base, dist.Independent) and isinstance(base.base_dist, dist.Normal)):
-        return False
-    normal = base.base_dist
-    return bool(jnp.all(normal.loc == 0) and jnp.all(normal.scale == 1))
-
-
 def save(path: str | os.PathLike, flow: SIFlow | ConstrainedSIFlow | ConditionalSIFlow) -> None:
     """Write `flow` to `path` atomically (temporary file, fsync, rename).
 
@@ -196,7 +190,7 @@ def save(path: str | os.PathLike, flow: SIFlow | ConstrainedSIFlow | Conditional
         model, base, arrays = flow._model, flow.base, flow._model
     else:
         raise TypeError(
-            f"save expects an SIFlow, a ConstrainedSIFlow or a ConditionalSIFlow, got"
+            "save expects a flow (an SIFlow, a ConstrainedSIFlow or a ConditionalSIFlow), got"
             f" {type(flow).__name__}."
         )
     try:
@@ -220,7 +214,7 @@ def save(path: str | os.PathLike, flow: SIFlow | ConstrainedSIFlow | Conditional
         "format_version": FORMAT_VERSION,
         "numpyro_si_version": __version__,
         "dim": flow.dim,
-        "base": "standard_normal" if base is None or _is_standard_normal(base) else "custom",
+        "base": "standard_normal" if base is None or is_standard_normal(base) else "custom",
         "model": config,
         "support": support_config,
         "conditional": conditional,
@@ -239,8 +233,7 @@ def save(path: str | os.PathLike, flow: SIFlow | ConstrainedSIFlow | Conditional
 def write_atomically(path: str | os.PathLike, write) -> None:
     """`write(handle)` (a binary file) into a uniquely named temporary file beside `path`,
     synced, then renamed over `path`: a write stopped midway, or a second writer, never leaves
-    half a file at `path`, and a failed write removes its temporary file. (Also used by the
-    benchmarks' outputs, `benchmarks/_bench_io.py`.)"""
+    half a file at `path`, and a failed write removes its temporary file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -254,6 +247,24 @@ def write_atomically(path: str | os.PathLike, write) -> None:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
+
+
+def _settings_from_version_2(model: dict) -> dict:
+    """A version 1 / 2 model (sampler, divergence, likelihood_solver, rtol, atol beside the
+    fields) in the version 3 layout (one `SolverSettings`). The arrays keep their order: only the
+    fields and the sampler hold any."""
+    try:
+        old = model["fields"]
+        likelihood = dict(old["likelihood_solver"], __class__="numpyro_si.ODELikelihood")
+        settings = {"sampler": old["sampler"], "likelihood": likelihood,
+                    "divergence": old["divergence"], "rtol": old["rtol"], "atol": old["atol"]}
+        return {"__class__": model["__class__"], "fields": {
+            "fields": old["fields"],
+            "settings": {"__class__": "numpyro_si.SolverSettings", "fields": settings},
+            "standardization": old["standardization"],
+        }}
+    except (KeyError, TypeError):
+        raise KeyError("a version 1 / 2 model without its solver options") from None
 
 
 def load(
@@ -293,6 +304,8 @@ def load(
         )
     conditional = meta.get("conditional")
     try:
+        if meta["format_version"] < 3:
+            meta["model"] = _settings_from_version_2(meta["model"])
         skeleton = _decode(meta["model"])
         if conditional is not None:
             skeleton = (skeleton, _decode(conditional["context_standardization"]))
@@ -315,9 +328,8 @@ def load(
     model = arrays[0] if conditional is not None else arrays
     fields = model.fields
     options = dict(
-        base=base if meta["base"] == "custom" else None, dim=meta["dim"], sampler=model.sampler,
-        rtol=model.rtol, atol=model.atol, divergence=model.divergence,
-        likelihood_solver=model.likelihood_solver, standardization=model.standardization,
+        base=base if meta["base"] == "custom" else None, dim=meta["dim"],
+        settings=model.settings, standardization=model.standardization,
     )
     if conditional is not None:
         return ConditionalSIFlow(

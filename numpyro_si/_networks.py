@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-__all__ = ["FieldMLP", "ACTIVATIONS"]
+__all__ = ["FieldMLP", "FieldMLPSpec", "ACTIVATIONS", "default_network_size"]
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -17,6 +17,21 @@ ACTIVATIONS = {
     "softplus": jax.nn.softplus,
     "relu": jax.nn.relu,
 }
+
+
+# Dimensions up to which the default network is deep and narrow (see `default_network_size`).
+DEEP_NETWORK_MAX_DIM = 16
+
+
+def default_network_size(dim: int) -> tuple[int, int]:
+    """`(width, depth)` of the default `FieldMLP` for `dim`-dimensional data: width 64, depth 6
+    up to `DEEP_NETWORK_MAX_DIM` (16) dimensions, width 128, depth 3 above.
+
+    Deep, narrow networks fit sharp low-dimensional densities better at less cost per step, but
+    overfit small high-dimensional data sets; the density benchmark's configuration study
+    (docs/benchmarks.md) is the evidence.
+    """
+    return (64, 6) if dim <= DEEP_NETWORK_MAX_DIM else (128, 3)
 
 
 class FieldMLP(eqx.Module):
@@ -31,7 +46,8 @@ class FieldMLP(eqx.Module):
 
     - `dim`: d, the dimension of x and of the output.
     - `context_dim`: k, the dimension of the context vector (0, the default: no context).
-    - `width`: hidden width. `depth`: number of hidden layers (or residual blocks).
+    - `width`: hidden width. `depth`: number of hidden layers (or residual blocks). Default
+      (`None`): `default_network_size(dim)`.
     - `n_frequencies`: Fourier frequencies of the time embedding.
     - `residual`: residual blocks instead of a plain MLP.
     - `activation`: one of `ACTIVATIONS` ("silu", "gelu", "tanh", "softplus", "relu").
@@ -53,12 +69,15 @@ class FieldMLP(eqx.Module):
     context_dim: int = eqx.field(static=True)
 
     def __init__(
-        self, dim: int, *, width: int = 128, depth: int = 3, n_frequencies: int = 4,
-        residual: bool = False, activation: str = "silu", context_dim: int = 0,
-        key: PRNGKeyArray, dtype=None,
+        self, dim: int, *, width: int | None = None, depth: int | None = None,
+        n_frequencies: int = 4, residual: bool = False, activation: str = "silu",
+        context_dim: int = 0, key: PRNGKeyArray, dtype=None,
     ):
         if not (isinstance(dim, int) and dim >= 1):
             raise ValueError(f"dim must be a positive integer, got {dim!r}.")
+        default_width, default_depth = default_network_size(dim)
+        width = default_width if width is None else width
+        depth = default_depth if depth is None else depth
         if not (isinstance(context_dim, int) and context_dim >= 0):
             raise ValueError(f"context_dim must be a non-negative integer, got {context_dim!r}.")
         if not (isinstance(width, int) and width >= 1 and isinstance(depth, int) and depth >= 1):
@@ -134,3 +153,39 @@ class FieldMLP(eqx.Module):
 def _scaled(linear: eqx.nn.Linear, factor: float) -> eqx.nn.Linear:
     """Shrink a layer's initial weights (residual branches start near the identity)."""
     return eqx.tree_at(lambda layer: layer.weight, linear, linear.weight * factor)
+
+
+class FieldMLPSpec(eqx.Module):
+    """How `build_flow` makes its default networks: a `FieldMLP` per field with these options.
+
+    **Arguments:**
+
+    - `width`, `depth`: the hidden width and number of layers; `None` (default) picks them by the
+      data's dimension (`default_network_size`).
+    - `residual`, `n_frequencies`, `activation`: as for `FieldMLP`.
+    """
+
+    width: int | None = None
+    depth: int | None = None
+    residual: bool = False
+    n_frequencies: int = 4
+    activation: str = "silu"
+
+    def __check_init__(self):
+        for name in ("width", "depth"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}."
+            )
+
+    def build(self, dim: int, *, context_dim: int = 0, key: PRNGKeyArray, dtype=None) -> FieldMLP:
+        """A `FieldMLP` for `dim`-dimensional data (and a context of `context_dim`)."""
+        return FieldMLP(
+            dim, width=self.width, depth=self.depth, residual=self.residual,
+            n_frequencies=self.n_frequencies, activation=self.activation,
+            context_dim=context_dim, key=key, dtype=dtype,
+        )

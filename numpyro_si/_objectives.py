@@ -25,7 +25,7 @@ __all__ = [
     "UniformTime",
     "BetaTime",
     "velocity_loss",
-    "v_loss",
+    "deterministic_velocity_loss",
     "score_loss",
     "denoiser_loss",
     "sample_coupling",
@@ -66,11 +66,14 @@ def velocity_loss(
     return quadratic - 0.5 * dgamma * _dot(z, plus - minus)
 
 
-def v_loss(
+def deterministic_velocity_loss(
     v: Callable, interpolant: AbstractInterpolant, t: Float[Array, ""], x0: Float[Array, " d"],
     x1: Float[Array, " d"], z: Float[Array, " d"], *, antithetic: bool = True,
 ) -> Float[Array, ""]:
-    """L_v integrand: 1/2 |v^|^2 - I_dot . v^ (antithetic: averaged over x_t(+-z))."""
+    """L_v integrand: 1/2 |v^|^2 - I_dot . v^ (antithetic: averaged over x_t(+-z)).
+
+    v(t, x) = E[I_dot | x_t = x] is the velocity of the interpolant's deterministic part; the
+    probability-flow velocity is b = v + gamma' eta_z (`velocity_loss`)."""
     i_dot = interpolant.deterministic_time_derivative(t, x0, x1)
     plus = v(t, interpolant.interpolate(t, x0, x1, z))
     if not antithetic or interpolant.is_deterministic:

@@ -15,9 +15,10 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax
-from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from ._dynamics import AbstractEps, ConstantEps, Fields
+from ._checks import check_positive_int, check_real
+from ._dynamics import AbstractEps, ConstantEps, Fields, as_eps
 
 
 class SolveInfo(NamedTuple):
@@ -37,24 +38,51 @@ class AbstractSampler(eqx.Module):
     """How `SIFlow.sample` moves base draws to the target."""
 
 
-class ODESampler(AbstractSampler):
-    """The probability-flow ODE dX = b dt.
+class _ODESolve(eqx.Module):
+    """How one ODE is solved: a diffrax solver, adaptive (with the flow's `rtol` / `atol`) or with
+    `n_steps` fixed steps, and the step budget `max_steps` of an adaptive solve."""
+
+    solver: diffrax.AbstractSolver = diffrax.Tsit5()
+    n_steps: int | None = eqx.field(default=None, static=True)
+    max_steps: int = eqx.field(default=4096, static=True)
+
+    def __check_init__(self):
+        if not isinstance(self.solver, diffrax.AbstractSolver):
+            raise TypeError(f"solver must be a diffrax solver, got {self.solver!r}.")
+        if self.n_steps is not None:
+            check_positive_int("n_steps", self.n_steps)
+        check_positive_int("max_steps", self.max_steps)
+
+
+class ODESampler(_ODESolve, AbstractSampler):
+    """Sample by the probability-flow ODE dX = b dt.
 
     **Arguments:**
 
     - `solver`: a diffrax ODE solver (default `diffrax.Tsit5()`, adaptive with the flow's
       `rtol`/`atol`).
     - `n_steps`: if given, `n_steps` fixed steps instead of adaptive stepping.
-    - `max_steps`: step budget of an adaptive solve.
+    - `max_steps`: the solver's step budget of an adaptive solve (diffrax's `max_steps`).
     """
 
-    solver: diffrax.AbstractSolver = diffrax.Tsit5()
-    n_steps: int | None = eqx.field(default=None, static=True)
-    max_steps: int = eqx.field(default=4096, static=True)
+
+class ODELikelihood(_ODESolve):
+    """How `log_prob` solves the probability-flow ODE backward with the divergence (docs/math.md
+    section 4).
+
+    **Arguments:**
+
+    - `solver`: a diffrax ODE solver (default `diffrax.Tsit5()`, adaptive with the flow's
+      `rtol`/`atol`).
+    - `n_steps`: if given, `n_steps` fixed steps instead of adaptive stepping (no error control;
+      `SIFlow.with_fixed_step_likelihood` chooses and checks a count).
+    - `max_steps`: the solver's step budget of an adaptive solve; a point whose solve exhausts it
+      gets `log_prob` -inf and a failed `SolveInfo`.
+    """
 
 
 class SDESampler(AbstractSampler):
-    """The forward SDE dX = (b + eps s) dt + sqrt(2 eps) dW from t = 0 to 1.
+    """Sample by the forward SDE dX = (b + eps s) dt + sqrt(2 eps) dW from t = 0 to 1.
 
     The step that ends at the data end t = 1 is a deterministic Euler step of the ODE, since the
     score of a velocity-only one-sided model is singular there (for the linear path this last step
@@ -62,7 +90,7 @@ class SDESampler(AbstractSampler):
 
     **Arguments:**
 
-    - `eps`: the noise level, an `AbstractEps` (see `as_eps`).
+    - `eps`: the noise level, a number, a callable eps(t) or an `AbstractEps` (see `as_eps`).
     - `n_steps`: number of fixed steps on [0, 1].
     - `solver`: a diffrax SDE solver for additive noise (default `diffrax.Euler()`,
       Euler-Maruyama).
@@ -72,8 +100,14 @@ class SDESampler(AbstractSampler):
     n_steps: int = eqx.field(default=256, static=True)
     solver: diffrax.AbstractSolver = diffrax.Euler()
 
+    def __init__(self, eps: float | Callable | AbstractEps = 1.0, n_steps: int = 256,
+                 solver: diffrax.AbstractSolver | None = None):
+        self.eps = as_eps(eps)
+        self.n_steps = n_steps
+        self.solver = diffrax.Euler() if solver is None else solver
+
     def __check_init__(self):
-        if self.n_steps < 2:
+        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int) or self.n_steps < 2:
             raise ValueError(f"SDESampler needs n_steps >= 2, got {self.n_steps}.")
 
 
@@ -141,6 +175,102 @@ class HutchinsonDivergence(AbstractDivergence):
 
 
 # ----------------------------------------------------------------------------------------------
+# the settings a flow carries
+# ----------------------------------------------------------------------------------------------
+
+
+class SolverSettings(eqx.Module):
+    """How a flow samples and evaluates its density; none of it affects training.
+
+    **Arguments:**
+
+    - `sampler`: how `sample` draws: `ODESampler()` (default, the probability-flow ODE) or
+      `SDESampler(eps, n_steps)` (the SDE family, docs/math.md section 3).
+    - `likelihood`: how `log_prob` solves the ODE backward: `ODELikelihood()` (default: Tsit5,
+      adaptive) or a fixed-step one.
+    - `divergence`: `ExactDivergence()` (default, the trace of the Jacobian) or
+      `HutchinsonDivergence(key)` (a random estimate).
+    - `rtol`, `atol`: tolerances of every adaptive solve (sampling and likelihood), positive.
+
+    Change them on a flow with `flow.with_settings(...)`.
+    """
+
+    sampler: AbstractSampler = ODESampler()
+    likelihood: ODELikelihood = ODELikelihood()
+    divergence: AbstractDivergence = ExactDivergence()
+    rtol: float = eqx.field(default=1e-5, static=True)
+    atol: float = eqx.field(default=1e-5, static=True)
+
+    def __check_init__(self):
+        for name, kind in (("sampler", AbstractSampler), ("likelihood", ODELikelihood),
+                           ("divergence", AbstractDivergence)):
+            if not isinstance(getattr(self, name), kind):
+                raise TypeError(
+                    f"{name} must be a numpyro_si {kind.__name__}, got {getattr(self, name)!r}."
+                )
+        for name in ("rtol", "atol"):
+            check_real(name, getattr(self, name), low=0.0, low_open=True)
+
+    def replace(
+        self, *, sampler: str | AbstractSampler | None = None, eps=None,
+        likelihood: ODELikelihood | None = None,
+        divergence: str | AbstractDivergence | None = None, rtol: float | None = None,
+        atol: float | None = None,
+    ) -> SolverSettings:
+        """A copy with the given settings changed.
+
+        `sampler` may be `"ode"` or `"sde"` (with `eps`, default 1); `eps` alone changes the noise
+        level of an SDE sampler; `divergence` may be `"exact"` or `"hutchinson"`.
+        """
+        return SolverSettings(
+            sampler=self.sampler if sampler is None and eps is None
+            else _as_sampler(self.sampler if sampler is None else sampler, eps),
+            likelihood=self.likelihood if likelihood is None else likelihood,
+            divergence=self.divergence if divergence is None else _as_divergence(divergence),
+            rtol=self.rtol if rtol is None else float(rtol),
+            atol=self.atol if atol is None else float(atol),
+        )
+
+    def check_fields(self, fields: Fields) -> None:
+        """Raise if these settings need something the fields lack (an SDE sampler needs a score)."""
+        if isinstance(self.sampler, SDESampler) and not fields.has_score:
+            raise ValueError(
+                "SDE sampling needs the score: give `score=` (or fit with a score), or use a"
+                " one-sided interpolant, whose score follows from the velocity."
+            )
+
+
+def _as_sampler(sampler, eps) -> AbstractSampler:
+    if isinstance(sampler, SDESampler) and eps is not None:
+        return SDESampler(eps, n_steps=sampler.n_steps, solver=sampler.solver)
+    if isinstance(sampler, AbstractSampler):
+        if eps is not None:
+            raise ValueError(
+                "eps is the noise level of SDE sampling; pass sampler='sde' (or an SDESampler)."
+            )
+        return sampler
+    if sampler == "ode":
+        if eps is not None:
+            raise ValueError("eps is an SDE option; use sampler='sde'.")
+        return ODESampler()
+    if sampler == "sde":
+        return SDESampler(1.0 if eps is None else eps)
+    raise ValueError(f"sampler must be 'ode', 'sde' or a sampler object, got {sampler!r}.")
+
+
+def _as_divergence(divergence) -> AbstractDivergence:
+    if isinstance(divergence, AbstractDivergence):
+        return divergence
+    if divergence == "exact":
+        return ExactDivergence()
+    if divergence == "hutchinson":
+        return HutchinsonDivergence(jax.random.key(0))
+    raise ValueError(
+        f"divergence must be 'exact', 'hutchinson' or an AbstractDivergence, got {divergence!r}."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
 # solves
 # ----------------------------------------------------------------------------------------------
 
@@ -159,15 +289,15 @@ def _info(sol) -> SolveInfo:
 
 
 def solve_ode(
-    drift: Callable, x: Float[Array, " d"], t0: float, t1: float, *, sampler: ODESampler,
+    drift: Callable, x: Float[Array, " d"], t0: float, t1: float, *, method: _ODESolve,
     rtol: float, atol: float,
 ) -> tuple[Float[Array, " d"], SolveInfo]:
     """X(t1) for dX = drift(t, X) dt from X(t0) = x (t1 < t0 runs backward)."""
-    controller, dt0 = _step_controller(sampler.n_steps, rtol, atol, t0, t1)
+    controller, dt0 = _step_controller(method.n_steps, rtol, atol, t0, t1)
     term = diffrax.ODETerm(lambda t, y, args: drift(t, y))
     sol = diffrax.diffeqsolve(
-        term, sampler.solver, t0, t1, dt0, x, stepsize_controller=controller,
-        max_steps=sampler.max_steps if sampler.n_steps is None else sampler.n_steps,
+        term, method.solver, t0, t1, dt0, x, stepsize_controller=controller,
+        max_steps=method.max_steps if method.n_steps is None else method.n_steps,
         throw=False,
     )
     return sol.ys[-1], _info(sol)
@@ -221,7 +351,7 @@ def solve_sde(
 
 def ode_log_likelihood(
     velocity: Callable, base_log_prob: Callable, x: Float[Array, " d"], t: float, t_base: float,
-    *, sampler: ODESampler, divergence: AbstractDivergence, key: PRNGKeyArray | None,
+    *, method: _ODESolve, divergence: AbstractDivergence, key: PRNGKeyArray | None,
     rtol: float, atol: float,
 ) -> tuple[Float[Array, ""], SolveInfo]:
     """log rho_t(x) = log rho0(X(t_base)) - integral_{t_base}^{t} div b dt, solving backward from
@@ -234,11 +364,11 @@ def ode_log_likelihood(
         return value, div
 
     y0 = (x, jnp.zeros((), dtype=x.dtype))
-    controller, dt0 = _step_controller(sampler.n_steps, rtol, atol, t, t_base)
+    controller, dt0 = _step_controller(method.n_steps, rtol, atol, t, t_base)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(augmented), sampler.solver, t, t_base, dt0, y0,
+        diffrax.ODETerm(augmented), method.solver, t, t_base, dt0, y0,
         stepsize_controller=controller,
-        max_steps=sampler.max_steps if sampler.n_steps is None else sampler.n_steps,
+        max_steps=method.max_steps if method.n_steps is None else method.n_steps,
         throw=False,
     )
     y_base, integral = sol.ys[0][-1], sol.ys[1][-1]
@@ -246,21 +376,3 @@ def ode_log_likelihood(
     info = _info(sol)
     log_prob = base_log_prob(y_base) + integral
     return jnp.where(info.succeeded, log_prob, -jnp.inf), info
-
-
-def euler_maruyama_reference(
-    drift: Callable, eps: Callable, x: ArrayLike, key: PRNGKeyArray, t0: float, t1: float,
-    n_steps: int,
-) -> Array:
-    """A plain Euler-Maruyama loop, only as an independent reference in tests."""
-    h = (t1 - t0) / n_steps
-
-    def step(y, inputs):
-        i, k = inputs
-        t = t0 + i * h
-        noise = jax.random.normal(k, y.shape, dtype=y.dtype)
-        return y + h * drift(t, y) + jnp.sqrt(2 * eps(t) * abs(h)) * noise, None
-
-    keys = jax.random.split(key, n_steps)
-    y, _ = jax.lax.scan(step, jnp.asarray(x), (jnp.arange(n_steps), keys))
-    return y

@@ -19,9 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._conditional import ConditionalSIFlow
+from .._constrained import ConstrainedSIFlow, to_unconstrained
 from .._distribution import SIFlow
 
 __all__ = ["CrossEntropy", "cross_entropy"]
+
+#: The flows whose density on a point these diagnostics can evaluate without a context.
+DensityFlow = SIFlow | ConstrainedSIFlow
 
 
 class CrossEntropy(NamedTuple):
@@ -52,14 +57,15 @@ class CrossEntropy(NamedTuple):
 
 
 def cross_entropy(
-    flow: SIFlow,
+    flow: SIFlow | ConstrainedSIFlow | ConditionalSIFlow,
     samples: Float[ArrayLike, "... d"] | Any,
     *,
+    context: Float[ArrayLike, "N k"] | None = None,
     var_names: Sequence[str] | None = None,
     batch_size: int | None = None,
 ) -> CrossEntropy:
     """The cross-entropy of `flow` on held-out `samples`: H = -mean log q(x) with its standard
-    error (MATH.md section 5).
+    error (docs/math.md section 5).
 
     On draws from a density rho1 this estimates H(rho1) + KL(rho1 || q): lower is better, and the
     gap to another flow's value on the same samples is a difference of KL divergences. `log_prob`
@@ -69,11 +75,15 @@ def cross_entropy(
 
     **Arguments:**
 
-    - `flow`: an `SIFlow` of dimension d.
-    - `samples`: an array of shape `(N, d)` or `(chains, draws, d)` (leading axes are flattened),
-      or an ArviZ `InferenceData` whose `posterior` group is read: scalar variables give one
-      coordinate each and vector or matrix variables are flattened (C order), concatenated in
-      the order of `var_names` into `(chains * draws, d)`.
+    - `flow`: an `SIFlow`; a `ConstrainedSIFlow` (samples are points of its support and the
+      density includes the log-Jacobian); a conditioned flow (`conditional.condition(y)`, one of
+      the two); or a `ConditionalSIFlow` with `context`, one context row per sample (the
+      amortised cross-entropy -mean log q(x_i | y_i)).
+    - `samples`: an array of shape `(N,) + event_shape` or `(chains, draws) + event_shape`
+      (leading axes are flattened), or an ArviZ `InferenceData` whose `posterior` group is read:
+      scalar variables give one coordinate each and vector or matrix variables are flattened
+      (C order), concatenated in the order of `var_names`.
+    - `context`: for a `ConditionalSIFlow` only, shape `(N, k)`.
     - `var_names`: for `InferenceData`, the posterior variables to use, in order (default: all
       data variables of the posterior group, in its order). Ignored for arrays.
     - `batch_size`: if given, `log_prob` is evaluated on chunks of this many points (bounds the
@@ -87,17 +97,15 @@ def cross_entropy(
 
     **Raises:**
 
-    `ValueError` for empty samples, a last axis that is not the flow's dimension, NaN or infinite
-    draws, or an `InferenceData` without a posterior group or without the named variables;
-    `TypeError` for anything that is neither an array nor an `InferenceData`.
+    `ValueError` for empty samples, a shape that is not the flow's event shape, NaN or infinite
+    draws, draws outside a constrained flow's support, a context that does not match, or an
+    `InferenceData` without a posterior group or without the named variables; `TypeError` for
+    anything that is neither an array nor an `InferenceData`, and for a flow it cannot serve.
     """
-    if not isinstance(flow, SIFlow):
-        raise TypeError(f"flow must be an SIFlow, got {type(flow).__name__}.")
     if batch_size is not None and not (isinstance(batch_size, int) and batch_size >= 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    points = as_sample_array(samples, flow.dim, var_names=var_names)
-    log_prob = _log_prob_in_batches(flow, points, batch_size)
-    values = -log_prob
+    arrays = density_inputs(flow, samples, context=context, var_names=var_names)
+    values = -_log_prob_in_batches(flow, arrays, batch_size)
     n = values.shape[0]
     finite = np.isfinite(np.asarray(values))
     n_failed = int(n - finite.sum())
@@ -105,8 +113,9 @@ def cross_entropy(
         warnings.warn(
             f"cross_entropy: log_prob is not finite at {n_failed} of {n} points (an ODE solve that"
             " exhausted its step budget gives -inf); they are kept, so the mean is not finite."
-            " Raise max_steps (ODESampler(max_steps=...) as likelihood_solver) or loosen rtol/atol;"
-            " `values` shows which points failed.",
+            " Raise the likelihood's step budget (settings=SolverSettings(likelihood="
+            "ODELikelihood(max_steps=...))) or loosen rtol/atol; `values` shows which points"
+            " failed.",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -117,22 +126,81 @@ def cross_entropy(
     return CrossEntropy(mean=mean, se=se, values=values, n=n, n_failed=n_failed)
 
 
+def unconstrained_flow(flow, data: Any = None, name: str = "data"):
+    """`(SIFlow, data)`: a flow whose fields these diagnostics read, with `data` (points of a
+    `ConstrainedSIFlow`'s support, checked) mapped to its unconstrained space. A
+    `ConditionalSIFlow` is refused: condition it first."""
+    if isinstance(flow, ConstrainedSIFlow):
+        return flow.flow, None if data is None else flow.to_unconstrained(data, name=name)
+    if isinstance(flow, SIFlow):
+        return flow, data
+    if isinstance(flow, ConditionalSIFlow):
+        raise TypeError(
+            "this diagnostic reads the fields of one density: condition the ConditionalSIFlow"
+            " first (flow.condition(y))."
+        )
+    raise TypeError(
+        f"flow must be an SIFlow or a ConstrainedSIFlow, got {type(flow).__name__}."
+    )
+
+
+def density_inputs(
+    flow, samples: Any, *, context=None, var_names=None, name: str = "samples"
+) -> tuple[Array, ...]:
+    """The arguments of `flow.log_prob` for draws `samples` (checked): `(points,)`, or
+    `(points, context)` for a `ConditionalSIFlow`; points of shape `(N,) + event_shape`."""
+    if isinstance(flow, ConditionalSIFlow):
+        if context is None:
+            raise ValueError(
+                "a ConditionalSIFlow's density needs a context: pass context= (one row per"
+                " sample), or condition the flow first (flow.condition(y))."
+            )
+    elif not isinstance(flow, DensityFlow):
+        raise TypeError(
+            "flow must be a numpyro_si flow (an SIFlow, a ConstrainedSIFlow or a"
+            f" ConditionalSIFlow), got {type(flow).__name__}."
+        )
+    elif context is not None:
+        raise ValueError(f"context is only for a ConditionalSIFlow, not a {type(flow).__name__}.")
+    points = as_sample_array(samples, tuple(flow.event_shape), var_names=var_names, name=name)
+    support = flow.support if isinstance(flow, ConditionalSIFlow) else (
+        flow.constraint if isinstance(flow, ConstrainedSIFlow) else None
+    )
+    if support is not None:
+        to_unconstrained(points, support, name=name)  # names the draws outside the support
+    if context is None:
+        return (points,)
+    context = flow._check_context(context, batched=True)
+    if context.shape != (points.shape[0], flow.context_dim):
+        raise ValueError(
+            f"context must have shape ({points.shape[0]}, {flow.context_dim}), one row per"
+            f" sample, got {context.shape}."
+        )
+    return points, context
+
+
 # ----------------------------------------------------------------------------------------------
 # inputs
 # ----------------------------------------------------------------------------------------------
 
 
 def as_sample_array(
-    samples: Any, dim: int, *, var_names: Sequence[str] | None = None, name: str = "samples"
-) -> Float[Array, "n d"]:
-    """Validate `samples` (an array or an ArviZ `InferenceData`) and return them as `(N, dim)`.
+    samples: Any, event_shape: int | tuple[int, ...], *, var_names: Sequence[str] | None = None,
+    name: str = "samples",
+) -> Array:
+    """Validate `samples` (an array or an ArviZ `InferenceData`) and return them as
+    `(N,) + event_shape` (an int `event_shape` d means `(d,)`).
 
     Shared by the diagnostics that evaluate a flow on draws. Raises `ValueError` naming the
-    problem (empty, wrong dimension, non-finite draws, missing posterior or variables).
+    problem (empty, wrong shape, non-finite draws, missing posterior or variables).
     """
+    event_shape = (event_shape,) if isinstance(event_shape, int) else tuple(event_shape)
+    size = math.prod(event_shape)
     if _is_inference_data(samples):
         points = _posterior_to_array(samples, var_names)
         source = f"the posterior of the InferenceData ({_describe_vars(samples.posterior)})"
+        trailing = points.shape[-1:]
+        expected = (size,)
     else:
         if isinstance(samples, dict | str | bytes) or samples is None:
             raise TypeError(
@@ -141,20 +209,27 @@ def as_sample_array(
             )
         points = np.asarray(samples)
         source = f"{name} of shape {points.shape}"
+        trailing = points.shape[max(points.ndim - len(event_shape), 0):]
+        expected = event_shape
     if points.dtype == object or not (
         np.issubdtype(points.dtype, np.floating) or np.issubdtype(points.dtype, np.integer)
     ):
         raise TypeError(f"{name} must be numeric, got dtype {points.dtype}.")
-    if points.ndim == 0 or points.shape[-1] != dim:
-        got = "a scalar" if points.ndim == 0 else f"last axis {points.shape[-1]}"
+    if points.ndim < len(expected) or trailing != expected:
+        if len(event_shape) == 1:
+            got = "a scalar" if points.ndim == 0 else f"last axis {points.shape[-1]}"
+            raise ValueError(
+                f"Dimension mismatch: the flow has dimension {size} but {source} has {got};"
+                f" {name} must have shape (N, {size}) or (chains, draws, {size})."
+            )
         raise ValueError(
-            f"Dimension mismatch: the flow has dimension {dim} but {source} has {got}; {name}"
-            f" must have shape (N, {dim}) or (chains, draws, {dim})."
+            f"Shape mismatch: the flow's draws have shape {event_shape} but {source} does not"
+            f" end in it; {name} must have shape (N, *{event_shape})."
         )
-    points = points.reshape(-1, dim)
+    points = points.reshape((-1, *event_shape))
     if points.shape[0] == 0:
         raise ValueError(f"{name} is empty: {source} holds no draws.")
-    bad = ~np.all(np.isfinite(points), axis=-1)
+    bad = ~np.all(np.isfinite(points.reshape(points.shape[0], -1)), axis=-1)
     if bad.any():
         first = int(np.argmax(bad))
         raise ValueError(
@@ -222,21 +297,25 @@ def _posterior_to_array(idata, var_names) -> np.ndarray:
 
 
 @eqx.filter_jit
-def _log_prob(flow: SIFlow, points: Array) -> Array:
-    return flow.log_prob(points)
+def _log_prob(flow, *arrays: Array) -> Array:
+    return flow.log_prob(*arrays)
 
 
-def _log_prob_in_batches(flow: SIFlow, points: Array, batch_size: int | None) -> Array:
-    """flow.log_prob on (N, d) points, in chunks of `batch_size` (the last chunk padded, so every
-    chunk has the same shape and compiles once)."""
-    n = points.shape[0]
+def _log_prob_in_batches(flow, arrays: tuple[Array, ...], batch_size: int | None) -> Array:
+    """flow.log_prob(*arrays) (each with a leading axis of N rows), in chunks of `batch_size`
+    (the last chunk padded, so every chunk has the same shape and compiles once)."""
+    n = arrays[0].shape[0]
     if batch_size is None or batch_size >= n:
-        return _log_prob(flow, points)
+        return _log_prob(flow, *arrays)
     n_chunks = -(-n // batch_size)
-    padded = jnp.concatenate(
-        [points, jnp.broadcast_to(points[:1], (n_chunks * batch_size - n, points.shape[1]))]
-    )
+
+    def padded(array):
+        fill = jnp.broadcast_to(array[:1], (n_chunks * batch_size - n, *array.shape[1:]))
+        return jnp.concatenate([array, fill])
+
+    arrays = tuple(padded(array) for array in arrays)
     chunks = [
-        _log_prob(flow, padded[i * batch_size : (i + 1) * batch_size]) for i in range(n_chunks)
+        _log_prob(flow, *(array[i * batch_size : (i + 1) * batch_size] for array in arrays))
+        for i in range(n_chunks)
     ]
     return jnp.concatenate(chunks)[:n]

@@ -20,22 +20,17 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._conditional import ConditionalSIFlow
+from .._constrained import ConstrainedSIFlow
 from .._distribution import SIFlow
 from .._solvers import SDESampler
 
 if TYPE_CHECKING:
     from ._cross_entropy import CrossEntropy
 
-__all__ = [
-    "ImportanceDiagnostics",
-    "ModelLogDensity",
-    "importance_diagnostics",
-    "log_target_from_model",
-    "forward_cross_entropy",
-]
+__all__ = ["ImportanceDiagnostics", "importance_diagnostics", "forward_cross_entropy"]
 
 
 class ImportanceDiagnostics(NamedTuple):
@@ -88,7 +83,7 @@ class ImportanceDiagnostics(NamedTuple):
 
 def importance_diagnostics(
     key: PRNGKeyArray,
-    flow: SIFlow,
+    flow: SIFlow | ConstrainedSIFlow,
     log_target: Callable,
     n: int = 4096,
     *,
@@ -107,11 +102,14 @@ def importance_diagnostics(
     **Arguments:**
 
     - `key`: a `jax.random` key.
-    - `flow`: an `SIFlow` on R^d, in the same space as `log_target` (for a NumPyro model, the
-      unconstrained space: see `log_target_from_model`).
+    - `flow`: an `SIFlow` on R^d, or a `ConstrainedSIFlow` (draws and `log_target` on its
+      support, the density with its log-Jacobian), in the same space as `log_target` (for a
+      NumPyro model, the unconstrained space: see `log_target_from_model`). A conditioned flow
+      (`conditional.condition(y)`) is one of these.
     - `log_target`: log pi~, the unnormalised log density: a JAX function of one point (shape
-      `(d,)` to a scalar; it is vmapped) or of a batch (`(n, d)` to `(n,)`), or the result of
-      `log_target_from_model`. It may return -inf (zero weight) but not NaN or +inf.
+      `event_shape`, e.g. `(d,)`, to a scalar; it is vmapped) or of a batch (`(n,) +
+      event_shape` to `(n,)`), or the result of `log_target_from_model`. It may return -inf
+      (zero weight) but not NaN or +inf.
     - `n`: the number of flow draws (at least 2).
     - `batched`: whether `log_target` takes a batch; by default it is tried on the batch first
       and on single points (vmapped) if that does not give shape `(n,)`.
@@ -122,8 +120,15 @@ def importance_diagnostics(
     points of the flow's dimension, returns the wrong shape, or returns NaN / +inf; if a
     likelihood solve fails (log q = -inf); or if `n < 2`.
     """
-    if not isinstance(flow, SIFlow):
-        raise TypeError(f"flow must be an SIFlow, got {type(flow).__name__}.")
+    if isinstance(flow, ConditionalSIFlow):
+        raise TypeError(
+            "importance_diagnostics needs one density to draw from: condition the flow first,"
+            " flow.condition(y)."
+        )
+    if not isinstance(flow, SIFlow | ConstrainedSIFlow):
+        raise TypeError(
+            f"flow must be an SIFlow or a ConstrainedSIFlow, got {type(flow).__name__}."
+        )
     if not callable(log_target):
         raise TypeError(
             f"log_target must be a callable log density (one point (d,) -> scalar, or a batch"
@@ -139,14 +144,15 @@ def importance_diagnostics(
         raise ValueError(f"n must be an integer >= 2, got {n!r}.")
 
     if isinstance(flow.sampler, SDESampler):
-        flow = flow.with_sampler("ode")
+        flow = flow.with_settings(sampler="ode")
     samples, log_q = _sample_and_log_prob(key, flow, n)
     bad_q = ~np.isfinite(np.asarray(log_q))
     if bad_q.any():
         raise ValueError(
             f"flow.log_prob is not finite at {int(bad_q.sum())} of {n} flow draws (an ODE solve"
-            " that ran out of steps gives -inf); raise max_steps (likelihood_solver="
-            "ODESampler(max_steps=...)) or loosen rtol/atol."
+            " that ran out of steps gives -inf); raise the likelihood's step budget"
+            " (settings=SolverSettings(likelihood=ODELikelihood(max_steps=...))) or loosen"
+            " rtol/atol."
         )
     log_pi = evaluate_log_target(log_target, samples, batched=batched).astype(log_q.dtype)
     log_weights = log_pi - log_q
@@ -167,10 +173,11 @@ def evaluate_log_target(
     Raises `ValueError` naming the expected shapes if it fails on points of this dimension,
     returns the wrong shape, or returns NaN / +inf.
     """
-    n, d = points.shape
+    n, event_shape = points.shape[0], tuple(points.shape[1:])
+    one = "(" + ", ".join(map(str, event_shape)) + ("," if len(event_shape) == 1 else "") + ")"
     expected = (
-        f"log_target must map one point of shape ({d},) to a scalar, or a batch of shape"
-        f" (n, {d}) to shape (n,)"
+        f"log_target must map one point of shape {one} to a scalar, or a batch of shape"
+        f" (n, {', '.join(map(str, event_shape))}) to shape (n,)"
     )
     batch_error = point_error = None
     values = None
@@ -189,7 +196,7 @@ def evaluate_log_target(
             single = jax.eval_shape(log_target, points[0])
             if single.shape != ():
                 point_error = ValueError(
-                    f"on one point of shape ({d},) it returned shape {single.shape}"
+                    f"on one point of shape {one} it returned shape {single.shape}"
                 )
             else:
                 values = jax.vmap(log_target)(points)
@@ -202,7 +209,7 @@ def evaluate_log_target(
             if err is not None
         )
         raise ValueError(
-            f"{expected} (the flow's dimension is {d}). It failed: {details}"
+            f"{expected} (the flow's event shape is {event_shape}). It failed: {details}"
         ) from (point_error or batch_error)
     values = jnp.asarray(values)
     if not jnp.issubdtype(values.dtype, jnp.floating):
@@ -266,111 +273,6 @@ def _logsumexp(values: np.ndarray) -> float:
     if not np.isfinite(top):
         return float(top)
     return float(top + np.log(np.sum(np.exp(values - top))))
-
-
-# ----------------------------------------------------------------------------------------------
-# NumPyro models
-# ----------------------------------------------------------------------------------------------
-
-
-class ModelLogDensity:
-    """The unnormalised log density of a NumPyro model's latent sites in the unconstrained space,
-    flattened to R^d: log pi~(u) = -potential(u) (log joint plus the log-Jacobian of the
-    constraining transforms). Built by `log_target_from_model`.
-
-    Call it on one flat point `u` of shape `(d,)`. `site_names` and `unravel` give the layout
-    (sites in sorted order, each flattened in C order); `unconstrain` maps constrained draws
-    (e.g. `mcmc.get_samples()`) to flat unconstrained points, `constrain` maps back.
-    """
-
-    def __init__(self, model, model_args, model_kwargs, potential_fn, unravel, site_names, dim):
-        self.model = model
-        self.model_args = model_args
-        self.model_kwargs = model_kwargs
-        self.potential_fn = potential_fn
-        self.unravel = unravel
-        self.site_names = site_names
-        self.dim = dim
-
-    def __call__(self, u: Float[Array, " d"]) -> Float[Array, ""]:
-        u = jnp.asarray(u)
-        if u.shape != (self.dim,):
-            raise ValueError(
-                f"The model's unconstrained space has dimension {self.dim}: expected one point of"
-                f" shape ({self.dim},), got {u.shape}."
-            )
-        return -self.potential_fn(self.unravel(u))
-
-    def unconstrain(self, samples: dict[str, ArrayLike]) -> Float[Array, "n d"]:
-        """Constrained draws `{site: (n, *site_shape)}` to flat unconstrained points `(n, d)`."""
-        from numpyro.infer.util import unconstrain_fn
-
-        missing = [name for name in self.site_names if name not in samples]
-        if missing:
-            raise ValueError(f"samples lacks the latent site(s) {missing}; it has {list(samples)}.")
-        latent = {name: jnp.asarray(samples[name]) for name in self.site_names}
-
-        def one(params):
-            unconstrained = unconstrain_fn(self.model, self.model_args, self.model_kwargs, params)
-            return ravel_pytree(unconstrained)[0]
-
-        return jax.vmap(one)(latent)
-
-    def constrain(self, u: Float[ArrayLike, "n d"]) -> dict[str, Array]:
-        """Flat unconstrained points `(n, d)` to constrained values `{site: (n, *site_shape)}`."""
-        from numpyro.infer.util import constrain_fn
-
-        u = jnp.asarray(u)
-        if u.ndim != 2 or u.shape[1] != self.dim:
-            raise ValueError(f"u must have shape (n, {self.dim}), got {u.shape}.")
-
-        def one(point):
-            return constrain_fn(
-                self.model, self.model_args, self.model_kwargs, self.unravel(point)
-            )
-
-        return jax.vmap(one)(u)
-
-    def __repr__(self) -> str:
-        return f"ModelLogDensity(dim={self.dim}, sites={list(self.site_names)})"
-
-
-def log_target_from_model(
-    model: Callable, *model_args: Any, **model_kwargs: Any
-) -> ModelLogDensity:
-    """The unnormalised log density of a NumPyro model's latent sites, for
-    `importance_diagnostics`.
-
-    Uses `numpyro.infer.util.initialize_model` (the same potential NUTS uses): log pi~ = -potential
-    on the UNCONSTRAINED space, where constrained sites (a scale, a simplex) are mapped to R^k and
-    the log-Jacobian is included. A flow compared with it must therefore live in that
-    unconstrained space (fit it to `log_density.unconstrain(mcmc.get_samples())`), and its samples
-    are mapped back with `log_density.constrain`. The normalising constant Z is the model's
-    marginal likelihood p(observations).
-
-    **Arguments:**
-
-    - `model`: a NumPyro model with continuous latent sites.
-    - `model_args`, `model_kwargs`: its arguments (e.g. the observed data).
-
-    **Returns:** a `ModelLogDensity` acting on one flat point of shape `(d,)`, with `dim`,
-    `site_names`, `unravel`, `unconstrain` and `constrain`.
-    """
-    from numpyro.infer.util import initialize_model
-
-    if not callable(model):
-        raise TypeError(f"model must be a NumPyro model (a callable), got {type(model).__name__}.")
-    # The key only picks the initial point, of which only the structure is used.
-    info = initialize_model(
-        jax.random.PRNGKey(0), model, model_args=model_args, model_kwargs=model_kwargs
-    )
-    flat, unravel = ravel_pytree(info.param_info.z)
-    if flat.size == 0:
-        raise ValueError("The model has no continuous latent sites.")
-    return ModelLogDensity(
-        model, model_args, model_kwargs, info.potential_fn, unravel,
-        tuple(sorted(info.param_info.z)), int(flat.size),
-    )
 
 
 # ----------------------------------------------------------------------------------------------

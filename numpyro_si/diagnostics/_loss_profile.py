@@ -17,11 +17,14 @@ import numpyro.distributions as dist
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from numpyro.distributions.transforms import AffineTransform, IndependentTransform
 
-from .._distribution import SIFlow, Standardization
+from .._checks import check_data
+from .._constrained import ConstrainedSIFlow
+from .._distribution import SIFlow
+from .._flow import Standardization
 from .._interpolants import AbstractInterpolant, AbstractOneSidedInterpolant
 from .._objectives import sample_coupling, score_loss, velocity_loss
-from .._training import check_data
 from ..oracle import GaussianMixture, GaussianMixtureOracle
+from ._cross_entropy import unconstrained_flow
 
 __all__ = ["LossProfile", "KLBound", "loss_profile", "kl_bound", "kl_bound_from_oracle"]
 
@@ -90,7 +93,7 @@ class KLBound(NamedTuple):
 
 def loss_profile(
     key: PRNGKeyArray,
-    flow: SIFlow,
+    flow: SIFlow | ConstrainedSIFlow,
     data: Float[ArrayLike, "n d"],
     *,
     times: int | Float[ArrayLike, " T"] | None = None,
@@ -119,7 +122,8 @@ def loss_profile(
     **Arguments:**
 
     - `key`: a `jax.random` key.
-    - `flow`: an `SIFlow` (e.g. from `nsi.fit`).
+    - `flow`: an `SIFlow` (e.g. from `nsi.fit`), or a `ConstrainedSIFlow` (then `data` are points
+      of its support, mapped to its unconstrained space, where its fields live).
     - `data`: held-out samples of the target, shape `(n, d)`, in data space; the flow's
       standardization is applied to them.
     - `times`: the times t_k (increasing, within the interpolant's [time_min, time_max]), or an
@@ -137,8 +141,7 @@ def loss_profile(
 
     **Returns:** a `LossProfile`.
     """
-    if not isinstance(flow, SIFlow):
-        raise TypeError(f"flow must be an SIFlow, got {type(flow).__name__}.")
+    flow, data = unconstrained_flow(flow, data)
     if field not in _FIELDS:
         raise ValueError(f"field must be 'velocity' or 'score', got {field!r}.")
     interpolant = flow.interpolant

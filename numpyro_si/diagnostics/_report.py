@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from jaxtyping import PRNGKeyArray
 
+from .._constrained import ConstrainedSIFlow
 from .._distribution import SIFlow
 from ._cross_entropy import CrossEntropy, as_sample_array, cross_entropy
 from ._importance import ImportanceDiagnostics, importance_diagnostics
@@ -97,9 +98,13 @@ def diagnostic_report(
 
     **Returns:** a `DiagnosticReport`; `print(report)` shows the table.
     """
-    if not isinstance(flow, SIFlow):
-        raise TypeError(f"flow must be an SIFlow, got {type(flow).__name__}.")
-    points = as_sample_array(heldout, flow.dim, var_names=var_names, name="heldout")
+    if not isinstance(flow, SIFlow | ConstrainedSIFlow) or len(flow.event_shape) != 1:
+        raise TypeError(
+            "diagnostic_report needs an SIFlow or a ConstrainedSIFlow with vector draws, got"
+            f" {flow!r}."
+        )
+    points = as_sample_array(heldout, tuple(flow.event_shape), var_names=var_names,
+                             name="heldout")
     key_profile, key_samples, key_importance = jax.random.split(key, 3)
 
     ce = cross_entropy(flow, points)

@@ -22,9 +22,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._constrained import ConstrainedSIFlow
 from .._distribution import SIFlow
 from .._dynamics import AbstractEps, Fields, as_eps
 from .._interpolants import AbstractOneSidedInterpolant
+from ._cross_entropy import unconstrained_flow
 
 __all__ = ["SDELikelihood", "sde_log_likelihood"]
 
@@ -47,7 +49,7 @@ class SDELikelihood(NamedTuple):
 
 def sde_log_likelihood(
     key: PRNGKeyArray,
-    flow: SIFlow,
+    flow: SIFlow | ConstrainedSIFlow,
     x: Float[ArrayLike, "... d"],
     *,
     eps: float | Callable | AbstractEps,
@@ -104,8 +106,12 @@ def sde_log_likelihood(
     An `SDELikelihood` with `estimate` and `se` of shape `batch` and `values` of shape
     `batch + (n_paths,)`.
     """
-    if not isinstance(flow, SIFlow):
-        raise TypeError(f"flow must be an SIFlow, got {type(flow).__name__}.")
+    log_jacobian = jnp.zeros(())
+    if isinstance(flow, ConstrainedSIFlow):  # the SDE model's density on the support
+        x = jnp.asarray(x)
+        flow.to_unconstrained(x.reshape((-1, *flow.event_shape)))  # names points outside it
+        x, log_jacobian = flow.inverse_with_log_jacobian(x)
+    flow, _ = unconstrained_flow(flow)
     if form not in ("pathwise", "expectation"):
         raise ValueError(f"form must be 'pathwise' or 'expectation', got {form!r}.")
     if not (isinstance(n_paths, int) and n_paths >= 2):
@@ -139,7 +145,7 @@ def sde_log_likelihood(
     # A traced flag, so both forms share one compilation.
     pathwise = jnp.asarray(form == "pathwise")
     values = _estimate(key, flow, flat, eps, n_paths, n_steps, pathwise)
-    values = values.reshape(batch_shape + (n_paths,))
+    values = values.reshape(batch_shape + (n_paths,)) + jnp.asarray(log_jacobian)[..., None]
     estimate = jnp.mean(values, axis=-1)
     se = jnp.std(values, axis=-1, ddof=1) / jnp.sqrt(n_paths)
     return SDELikelihood(estimate=estimate, se=se, values=values)

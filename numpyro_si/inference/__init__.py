@@ -14,9 +14,10 @@
 Importing this package imports BlackJAX; `import numpyro_si` alone does not.
 """
 
+from .._model_space import unconstrained_draws
 from . import adaptive, independence, mixed
 from ._chain import run_chain
 from .adaptive import AdaptiveResult
-from .independence import IMHInfo, IMHState
+from .independence import GlobalMove, IMHInfo, IMHState, global_move
 from .mixed import MixedInfo, MixedState
-from .numpyro_kernel import SIFlowBoost, SIFlowBoostState, unconstrained_draws
+from .numpyro_kernel import SIFlowBoost, SIFlowBoostState

@@ -9,15 +9,17 @@ For an unnormalised target pi of unknown shape, `run` alternates two things duri
    kernel); the first round has no flow yet and takes local steps only. The local step size is
    tuned by dual averaging on the chains' mean local acceptance rate (one step size for all
    chains);
-2. **fitting rounds**: the flow is (re)fitted by `numpyro_si.fit` (the interpolant objectives) to
-   the states all chains visited in the latest sampling round, warm-started from the previous
-   round's velocity network. By default the states are first whitened (`whitened_flow`) by their
-   mean and within-chain covariance, measured once on the first (local-only) round and kept for
-   every refit: a correlated target then looks roughly isotropic to the network, the density
-   stays exact (the linear map only adds a constant log-Jacobian), and chains stuck in different
-   modes keep the modes' separation as a direction of large variance, which the network finds
-   at once (whitened by the pooled covariance, a 64-d phi^4 field's two modes became a direction
-   of unit variance that the network never learned: docs/benchmarks.md).
+2. **training rounds**: the flow is trained further by `numpyro_si.train` (the interpolant
+   objectives) on the states all chains visited in the latest sampling round: the first round
+   builds it (`build_flow`), every later one continues from the previous flow and optimiser state
+   (one optimiser, its schedule spanning every round's steps). By default the states are first
+   whitened (`whitened_flow`) by their mean and within-chain covariance, measured once on the
+   first (local-only) round and kept for every round: a correlated target then looks roughly
+   isotropic to the network, the density stays exact (the linear map only adds a constant
+   log-Jacobian), and chains stuck in different modes keep the modes' separation as a direction
+   of large variance, which the network finds at once (whitened by the pooled covariance, a
+   multimodal field's modes can become a direction of unit variance that the network does not
+   learn: see `_whitening`).
 
 Then the flow and the step size are frozen and `n_production` transitions of the same `mixed`
 kernel are run: a fixed pi-invariant kernel, so the production draws are a valid MCMC.
@@ -28,7 +30,7 @@ box). The chains' split between modes need not be right: the global moves' MH ra
 w = pi/q, moves chains between modes until their split follows pi, and each refit follows the
 chains. A mode no chain ever visits is never proposed.
 
-Exactness (MATH.md sections 4-5 and `numpyro_si.inference.independence`): the MH ratio uses log q
+Exactness (docs/math.md sections 4-5 and `numpyro_si.inference.independence`): the MH ratio uses log q
 from the flow's ODE with the exact divergence (trace of the Jacobian). What is left is the ODE
 solver's error: the proposal y comes from an adaptive forward solve and log q(y) from an adaptive
 backward solve, each accurate to about the tolerance `flow_tol`; the production chain targets pi
@@ -55,13 +57,19 @@ from blackjax.adaptation.step_size import dual_averaging_adaptation
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 from tqdm.auto import tqdm
 
+from .._build import build_flow
+from .._checks import check_positive_int, check_real, reject_unknown
 from .._distribution import SIFlow
 from .._interpolants import LinearInterpolant, OneSidedLinearInterpolant
-from .._training import fit
+from .._networks import FieldMLPSpec
+from .._training import default_optimizer, train
 from . import mixed
 from .independence import flow_log_density
 
-__all__ = ["AdaptiveResult", "run", "LOCAL_KERNELS", "WhitenedVelocity", "whitened_flow"]
+__all__ = [
+    "AdaptiveResult", "run", "LocalKernel", "LOCAL_KERNELS", "ADAPTIVE_NETWORK",
+    "ADAPTIVE_LEARNING_RATE", "WhitenedVelocity", "whitened_flow",
+]
 
 #: Local kernels `run` builds by name, with the acceptance rate dual averaging aims at.
 LOCAL_KERNELS = {"mala": 0.574, "hmc": 0.8, "nuts": 0.8}
@@ -90,7 +98,7 @@ class AdaptiveResult:
       (compilation included).
     - `warmup`: per warm-up round, lists `"local_acceptance"`, `"global_acceptance"` (nan in the
       first, flow-less round), `"step_size"` (at the round's end), `"n_training_points"` and
-      `"fit_history"` (the `history` of each `numpyro_si.fit`).
+      `"train_history"` (the `TrainHistory` of each round's `numpyro_si.train`).
     - `log_q_solver_error`: max |log q(x) at `flow_tol` - log q(x) at `flow_tol / 100`| over up to
       16 production states (nats): the size of the remaining solver error in the MH ratio (nan if
       not checked).
@@ -165,12 +173,11 @@ def whitened_flow(
 
     **Arguments:**
 
-    - `flow_w`: fitted by `numpyro_si.fit(..., standardize=False)` with the default
-      `OneSidedLinearInterpolant` to the whitened data.
+    - `flow_w`: a flow with the default `OneSidedLinearInterpolant` and no standardisation
+      (`build_flow(..., standardize=False)`), trained on the whitened data.
     - `shift`, `chol`: the whitening mean `(d,)` and lower Cholesky factor `(d, d)`.
 
-    **Returns:** an `SIFlow` on x with the ODE sampler and `flow_w`'s tolerances, solver and
-    divergence.
+    **Returns:** an `SIFlow` on x with the ODE sampler and the rest of `flow_w`'s settings.
     """
     if not isinstance(flow_w.interpolant, OneSidedLinearInterpolant):
         raise ValueError(
@@ -178,7 +185,7 @@ def whitened_flow(
             f" {type(flow_w.interpolant).__name__}; pass whiten=False for other interpolants."
         )
     if flow_w.standardization is not None:
-        raise ValueError("fit the whitened data with standardize=False.")
+        raise ValueError("build the flow for whitened data with standardize=False.")
     shift, chol = jnp.asarray(shift), jnp.asarray(chol)
     interpolant = LinearInterpolant(
         time_min=flow_w.interpolant.time_min, time_max=flow_w.interpolant.time_max
@@ -186,8 +193,7 @@ def whitened_flow(
     return SIFlow(
         interpolant, WhitenedVelocity(flow_w.velocity, shift, chol),
         base=dist.MultivariateNormal(shift, scale_tril=chol), dim=flow_w.dim,
-        sampler=flow_w.sampler, rtol=flow_w.rtol, atol=flow_w.atol,
-        divergence=flow_w.divergence, likelihood_solver=flow_w.likelihood_solver,
+        settings=flow_w.settings.replace(sampler="ode"),
     )
 
 
@@ -200,9 +206,8 @@ def _whitening(path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Why within-chain: chains stuck in different modes differ in their means, and the pooled
     covariance would whiten that between-mode spread to unit variance too. The flow then has
     to find the mode direction from higher moments alone, which a network trained by SGD does
-    only after a plateau that lengthens with d (the phi^4 study in docs/benchmarks.md: in 64-d it
-    never left it). The within-chain covariance keeps the modes' separation as a direction of
-    large variance.
+    only after a plateau that lengthens with d (benchmarks/phi4_flow_check.py measures it). The
+    within-chain covariance keeps the modes' separation as a direction of large variance.
     """
     if path.ndim == 2:
         path = path[:, None]
@@ -225,51 +230,6 @@ class _Local(NamedTuple):
     make: Callable  # step_size -> SamplingAlgorithm
     target_acceptance: float
     inverse_mass_matrix: Array | None
-
-
-def _local_kernel(
-    local, logdensity_fn, dim, dtype, inverse_mass_matrix, num_integration_steps,
-    target_acceptance,
-) -> _Local:
-    if isinstance(local, str):
-        if local not in LOCAL_KERNELS:
-            raise ValueError(
-                f"local must be one of {sorted(LOCAL_KERNELS)} or a kernel factory"
-                f" local(logdensity_fn, step_size) -> SamplingAlgorithm, got {local!r}."
-            )
-        target = LOCAL_KERNELS[local] if target_acceptance is None else target_acceptance
-        if local == "mala":
-            if inverse_mass_matrix is not None:
-                raise ValueError("BlackJAX's MALA has no mass matrix; omit inverse_mass_matrix.")
-            return _Local(lambda step: blackjax.mala(logdensity_fn, step), target, None)
-        imm = jnp.ones(dim, dtype) if inverse_mass_matrix is None else jnp.asarray(
-            inverse_mass_matrix, dtype
-        )
-        if imm.shape not in ((dim,), (dim, dim)):
-            raise ValueError(
-                f"inverse_mass_matrix must have shape ({dim},) or ({dim}, {dim}), got {imm.shape}."
-            )
-        if local == "hmc":
-            if not (isinstance(num_integration_steps, int) and num_integration_steps >= 1):
-                raise ValueError(
-                    f"num_integration_steps must be a positive int, got {num_integration_steps!r}."
-                )
-            return _Local(
-                lambda step: blackjax.hmc(logdensity_fn, step, imm, num_integration_steps),
-                target, imm,
-            )
-        return _Local(lambda step: blackjax.nuts(logdensity_fn, step, imm), target, imm)
-    if callable(local):
-        if target_acceptance is None:
-            raise ValueError(
-                "A custom local kernel factory needs target_acceptance (the acceptance rate the"
-                " step size is tuned to, e.g. 0.574 for MALA-like, 0.8 for HMC-like kernels)."
-            )
-        return _Local(lambda step: local(logdensity_fn, step), target_acceptance, None)
-    raise TypeError(
-        f"local must be 'mala', 'hmc', 'nuts' or a factory local(logdensity_fn, step_size) ->"
-        f" SamplingAlgorithm, got {local!r}."
-    )
 
 
 def _check_inputs(logdensity_fn, initial_positions) -> Array:
@@ -313,13 +273,6 @@ def _check_inputs(logdensity_fn, initial_positions) -> Array:
     return positions
 
 
-def _positive_int(name, value, minimum=1):
-    if not (isinstance(value, int | np.integer) and not isinstance(value, bool)
-            and value >= minimum):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
-    return int(value)
-
-
 def _grad_evals(local_info) -> Array:
     """Target-gradient evaluations of local steps: HMC/NUTS report their integration steps; a
     kernel that does not (MALA) takes one per step."""
@@ -346,132 +299,133 @@ def _thin(points: np.ndarray, max_points: int) -> np.ndarray:
     return flat[::stride]
 
 
-def run(
-    key: PRNGKeyArray,
-    logdensity_fn: Callable[[Float[Array, " d"]], Float[Array, ""]],
-    initial_positions: Float[ArrayLike, "chains d"],
-    *,
-    local: str | Callable = "mala",
-    step_size: float = 0.1,
-    adapt_step_size: bool = True,
-    target_acceptance: float | None = None,
-    inverse_mass_matrix: Float[ArrayLike, "..."] | None = None,
-    num_integration_steps: int = 10,
-    n_local: int = 5,
-    n_warmup_rounds: int = 4,
-    n_warmup_steps: int = 200,
-    n_production: int = 1000,
-    fit_steps: int | Sequence[int] = 2000,
-    fit_options: dict[str, Any] | None = None,
-    max_training_points: int = 20_000,
-    whiten: bool = True,
-    flow_tol: float | None = None,
-    check_solver_error: bool = True,
-    show_progress: bool = True,
-) -> AdaptiveResult:
-    """Warm up parallel chains while learning an `SIFlow` proposal, then sample with it frozen.
-
-    See the module docstring for the scheme, what the flow can learn and the remaining error.
+class LocalKernel(eqx.Module):
+    """The chains' local moves in `run`.
 
     **Arguments:**
 
-    - `key`: a `jax.random` key.
-    - `logdensity_fn`: log pi of ONE position of shape `(d,)` (unnormalised, differentiable).
-    - `initial_positions`: `(n_chains, d)` starting points, finite, with finite log pi and
-      gradient. Spread them over the region where mass may be: the flow only learns the modes
-      the chains visit.
-    - `local`: the local kernel, `"mala"`, `"hmc"`, `"nuts"`, or a factory
-      `local(logdensity_fn, step_size) -> blackjax.SamplingAlgorithm` whose states have
+    - `kernel`: `"mala"` (default), `"hmc"`, `"nuts"`, or a factory
+      `kernel(logdensity_fn, step_size) -> blackjax.SamplingAlgorithm` whose states have
       `position` and `logdensity` (then `target_acceptance` is required).
-    - `step_size`: the initial local step size (the frozen one if `adapt_step_size=False`).
+    - `step_size`: the initial step size (the frozen one if `adapt_step_size=False`).
     - `adapt_step_size`: tune the step size by dual averaging during warm-up (one step size for
       all chains, aimed at their mean acceptance rate).
     - `target_acceptance`: the acceptance rate aimed at (default 0.574 for MALA, 0.8 for
-      HMC/NUTS).
+      HMC/NUTS: `LOCAL_KERNELS`).
     - `inverse_mass_matrix`: for HMC/NUTS, `(d,)` or `(d, d)` (default identity); fixed.
     - `num_integration_steps`: leapfrog steps of an HMC step.
-    - `n_local`: local steps per transition (each transition ends with one global flow move).
-    - `n_warmup_rounds`: sampling-then-fitting rounds (at least 1: the flow is fitted after
-      each, the first round samples with local steps only).
-    - `n_warmup_steps`: transitions per warm-up round. Production reuses the same compiled
-      round: it runs whole rounds of `n_warmup_steps` transitions and keeps the first
-      `n_production`.
-    - `n_production`: transitions of the production chain (draws per chain).
-    - `fit_steps`: optimiser steps of each round's `numpyro_si.fit` (an int, or one per round).
-    - `fit_options`: further keyword arguments of `numpyro_si.fit` (e.g. `width`, `depth`,
-      `batch_size`, `learning_rate`); rounds after the first warm-start from the previous
-      velocity network (`velocity_network=`), so architecture options only affect the first.
-      The rounds use `OneSidedLinearInterpolant()` (which the whitening needs), learning rate
-      2e-3 (not `fit`'s 5e-3: short warm-started refits) and a `FieldMLP` of width 128, depth 3
-      (not `fit`'s dimension-dependent default) unless `fit_options` says otherwise: the
-      settings of the MCMC benchmark (docs/benchmarks.md).
-    - `max_training_points`: cap on each round's training set (every local step's state of
-      every chain, thinned evenly in time).
-    - `whiten`: fit the flow to the training points whitened by their mean and within-chain
-      covariance (Cholesky; measured on the first round's path and then fixed),
-      `whitened_flow`, so correlated targets are well conditioned; `False` uses
-      `fit`'s per-coordinate standardisation (and allows other interpolants in `fit_options`).
-    - `flow_tol`: `rtol = atol` of the flow's ODE solves in the MH ratio (default 1e-7 in
-      float64, 1e-5 in float32).
-    - `check_solver_error`: measure `log_q_solver_error` at the end.
-    - `show_progress`: a tqdm progress bar over rounds and production chunks.
-
-    **Returns:** an `AdaptiveResult` (production draws `(n_chains, n_production, d)`, frozen
-    flow, local and global acceptance, gradient-evaluation counts, timing, warm-up history).
-
-    Example:
-
-    ```python
-    from numpyro_si.inference import adaptive
-
-    x0 = jax.random.uniform(key_init, (16, 2), minval=-6.0, maxval=6.0)
-    result = adaptive.run(key, logdensity_fn, x0, local="mala", n_production=2000)
-    result.samples  # (16, 2000, 2)
-    az.ess(result.to_inference_data())
-    ```
     """
-    t_start = time.perf_counter()
-    positions = _check_inputs(logdensity_fn, initial_positions)
-    n_chains, dim = positions.shape
-    dtype = positions.dtype
-    n_local = _positive_int("n_local", n_local)
-    n_warmup_rounds = _positive_int("n_warmup_rounds", n_warmup_rounds)
-    n_warmup_steps = _positive_int("n_warmup_steps", n_warmup_steps)
-    n_production = _positive_int("n_production", n_production)
-    max_training_points = _positive_int("max_training_points", max_training_points, 2)
-    if not (math.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be a positive float, got {step_size!r}.")
-    if target_acceptance is not None and not 0.0 < target_acceptance < 1.0:
-        raise ValueError(f"target_acceptance must be in (0, 1), got {target_acceptance!r}.")
-    if isinstance(fit_steps, int | np.integer):
-        fit_steps = [int(fit_steps)] * n_warmup_rounds
-    fit_steps = [_positive_int("fit_steps", int(s)) for s in fit_steps]
-    if len(fit_steps) != n_warmup_rounds:
-        raise ValueError(
-            f"fit_steps must be an int or have one entry per warm-up round ({n_warmup_rounds}),"
-            f" got {len(fit_steps)}."
-        )
-    fit_options = dict(fit_options or {})
-    for reserved in ("max_steps", "velocity_network", "sampler") + (
-        ("standardize", "interpolant", "base") if whiten else ()
-    ):
-        if reserved in fit_options:
-            raise ValueError(
-                f"fit_options must not set {reserved!r}"
-                + ("; run sets it." if reserved in ("max_steps", "velocity_network", "sampler")
-                   else " with whiten=True (the flow is fitted to whitened data).")
-            )
-    if flow_tol is None:
-        flow_tol = 1e-7 if dtype == jnp.float64 else 1e-5
-    spec = _local_kernel(
-        local, logdensity_fn, dim, dtype, inverse_mass_matrix, num_integration_steps,
-        target_acceptance,
-    )
-    da_init, da_update, da_final = dual_averaging_adaptation(spec.target_acceptance)
 
-    # -- one jitted round: n_round transitions of every chain -----------------------------------
-    # The same compiled round serves warm-up (step size adapted) and production (`adapt` False:
-    # the step size stays at the frozen value), so the mixed kernel is compiled once.
+    kernel: str | Callable = eqx.field(default="mala", static=True)
+    step_size: float = 0.1
+    adapt_step_size: bool = eqx.field(default=True, static=True)
+    target_acceptance: float | None = None
+    inverse_mass_matrix: Array | None = None
+    num_integration_steps: int = eqx.field(default=10, static=True)
+
+    def __check_init__(self):
+        check_real("step_size", self.step_size, low=0.0, low_open=True)
+        if self.target_acceptance is not None:
+            check_real("target_acceptance", self.target_acceptance, low=0.0, high=1.0,
+                       low_open=True, high_open=True)
+        if isinstance(self.kernel, str) and self.kernel not in LOCAL_KERNELS:
+            raise ValueError(
+                f"kernel must be one of {sorted(LOCAL_KERNELS)} or a kernel factory"
+                f" kernel(logdensity_fn, step_size) -> SamplingAlgorithm, got {self.kernel!r}."
+            )
+        if not isinstance(self.kernel, str) and not callable(self.kernel):
+            raise TypeError(
+                f"kernel must be 'mala', 'hmc', 'nuts' or a factory kernel(logdensity_fn,"
+                f" step_size) -> SamplingAlgorithm, got {self.kernel!r}."
+            )
+        if self.kernel == "hmc":
+            check_positive_int("num_integration_steps", self.num_integration_steps)
+        if self.kernel == "mala" and self.inverse_mass_matrix is not None:
+            raise ValueError("BlackJAX's MALA has no mass matrix; omit inverse_mass_matrix.")
+        if callable(self.kernel) and self.target_acceptance is None:
+            raise ValueError(
+                "A custom local kernel factory needs target_acceptance (the acceptance rate the"
+                " step size is tuned to, e.g. 0.574 for MALA-like, 0.8 for HMC-like kernels)."
+            )
+
+    def spec(self, logdensity_fn: Callable, dim: int, dtype) -> _Local:
+        """How to build the kernel for a step size, for this target."""
+        kernel = self.kernel
+        if callable(kernel):
+            return _Local(lambda step: kernel(logdensity_fn, step), self.target_acceptance, None)
+        target = LOCAL_KERNELS[kernel] if self.target_acceptance is None else self.target_acceptance
+        if kernel == "mala":
+            return _Local(lambda step: blackjax.mala(logdensity_fn, step), target, None)
+        imm = self.inverse_mass_matrix
+        imm = jnp.ones(dim, dtype) if imm is None else jnp.asarray(imm, dtype)
+        if imm.shape not in ((dim,), (dim, dim)):
+            raise ValueError(
+                f"inverse_mass_matrix must have shape ({dim},) or ({dim}, {dim}), got {imm.shape}."
+            )
+        if kernel == "hmc":
+            steps = self.num_integration_steps
+            return _Local(lambda step: blackjax.hmc(logdensity_fn, step, imm, steps), target, imm)
+        return _Local(lambda step: blackjax.nuts(logdensity_fn, step, imm), target, imm)
+
+
+#: The network of every round's flow unless `run` is given another: the MCMC benchmark's
+#: setting (docs/benchmarks.md), wider and shallower than `build_flow`'s low-dimensional default.
+ADAPTIVE_NETWORK = FieldMLPSpec(width=128, depth=3)
+
+#: The learning rate of the rounds' optimiser unless `train_options` sets one (lower than
+#: `train`'s: the later rounds refine a flow that is already close).
+ADAPTIVE_LEARNING_RATE = 2e-3
+
+# `train` options that `run` sets itself
+_RUN_SETS = ("num_steps", "opt_state", "show_progress")
+
+
+class _FlowLearner:
+    """The flow of the warm-up, built in the first round and trained further in every round (one
+    optimiser whose schedule spans all rounds), in whitened coordinates when `whiten`."""
+
+    def __init__(self, key, network, fit_steps, train_options, whiten, flow_tol):
+        self.key, self.network, self.fit_steps = key, network, fit_steps
+        self.whiten, self.flow_tol = whiten, flow_tol
+        options = dict(train_options)
+        learning_rate = options.pop("learning_rate", ADAPTIVE_LEARNING_RATE)
+        weight_decay = options.pop("weight_decay", 0.0)
+        if options.get("optimizer") is None:
+            options["optimizer"] = default_optimizer(learning_rate, sum(fit_steps), weight_decay)
+        self.options = options
+        self.flow_w = self.opt_state = self.shift = self.chol = None
+
+    def train_round(self, round_index: int, path: np.ndarray, training: np.ndarray):
+        """Train on this round's points; returns `(flow for the MH moves, TrainHistory)`."""
+        self.key, key_build, key_train = jax.random.split(self.key, 3)
+        if self.whiten:
+            if round_index == 0:
+                # fixed from the first (local-only) round: the same coordinates for every round,
+                # and chains not yet moved between modes by the flow
+                self.shift, self.chol = _whitening(path)
+            training = np.linalg.solve(self.chol, (training - self.shift).T).T.astype(
+                training.dtype
+            )
+        if self.flow_w is None:
+            self.flow_w = build_flow(key_build, training, network=self.network,
+                                     standardize=not self.whiten)
+        self.flow_w, history = train(
+            key_train, self.flow_w, training, num_steps=self.fit_steps[round_index],
+            opt_state=self.opt_state, show_progress=False, **self.options,
+        )
+        self.opt_state = history.opt_state
+        flow = self.flow_w
+        if self.whiten:
+            flow = whitened_flow(flow, self.shift, self.chol)
+        return flow.with_settings(sampler="ode", rtol=self.flow_tol, atol=self.flow_tol), history
+
+
+def _rounds(spec: _Local, logdensity_fn, n_chains, dim, dtype, n_local, n_round, adapt_step_size,
+            da_update):
+    """The jitted sampling rounds: `local_round(states, da_state, key)` (the flow-less first
+    round) and `flow_round(states, da_state, key, adapt, flow)`, each `n_round` transitions of
+    every chain, returning `(states, da_state, record, path, gradient evaluations)`; and
+    `attach_flow(local_states, flow)` (the mixed kernel's states)."""
 
     def local_transition(states, step, key):
         """n_local local steps on every chain (the first, flow-less round)."""
@@ -501,7 +455,7 @@ def run(
         )
         return states, states.local_state, infos, path, global_record
 
-    def sampling_round(states, da_state, key, adapt, flow, n_round):
+    def sampling_round(states, da_state, key, adapt, flow):
         def transition(carry, k):
             states, da_state = carry
             step = jnp.exp(da_state.log_step_size)
@@ -530,34 +484,42 @@ def run(
         path = jnp.swapaxes(path, 1, 2).reshape(-1, n_chains, dim)
         return states, da_state, record, path, jnp.sum(grads)
 
-    local_round = jax.jit(
-        lambda s, da, k: sampling_round(s, da, k, True, None, n_warmup_steps)
-    )
-    flow_round = jax.jit(
-        lambda s, da, k, adapt, flow: sampling_round(s, da, k, adapt, flow, n_warmup_steps)
-    )
+    # The same compiled round serves warm-up (step size adapted) and production (`adapt` False:
+    # the step size stays at the frozen value), so the mixed kernel is compiled once.
+    local_round = jax.jit(lambda s, da, k: sampling_round(s, da, k, True, None))
+    flow_round = jax.jit(sampling_round)
 
     @jax.jit
     def attach_flow(local_states, flow):
         log_q = jax.vmap(lambda x: flow_log_density(flow, x)[0])(local_states.position)
         return mixed.MixedState(local_states, log_q)
 
-    # -- warm-up ----------------------------------------------------------------------------------
-    n_chunks = math.ceil(n_production / n_warmup_steps)
-    bar = tqdm(total=2 * n_warmup_rounds + n_chunks, desc="adaptive", disable=not show_progress)
-    timing = {"warmup_sampling": 0.0, "training": 0.0, "production": 0.0}
+    return local_round, flow_round, attach_flow
+
+
+class _WarmUp(NamedTuple):
+    """What the warm-up hands to production."""
+
+    local_states: Any
+    da_state: Any
+    flow: SIFlow
+    grad_evals: int
+    history: dict
+
+
+def _warm_up(key, rounds, learner: _FlowLearner, local_states, da_state, *, n_warmup_rounds,
+             max_training_points, n_chains, timing, bar) -> _WarmUp:
+    """Sampling and training rounds; returns the last states, the flow and the history."""
+    local_round, flow_round, attach_flow = rounds
     history = {name: [] for name in (
-        "local_acceptance", "global_acceptance", "step_size", "n_training_points", "fit_history"
+        "local_acceptance", "global_acceptance", "step_size", "n_training_points",
+        "train_history",
     )}
-    key_warmup, key_fit, key_production = jax.random.split(key, 3)
-    local_states = jax.jit(jax.vmap(spec.make(step_size).init))(positions)
-    da_state = da_init(jnp.asarray(step_size, dtype))
-    grad_evals_warmup = n_chains
-    flow = None
+    grad_evals, flow = n_chains, None
     for round_index in range(n_warmup_rounds):
         bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}: sampling")
         tic = time.perf_counter()
-        key_warmup, key_round = jax.random.split(key_warmup)
+        key, key_round = jax.random.split(key)
         if flow is None:
             local_states, da_state, record, path, grads = local_round(
                 local_states, da_state, key_round
@@ -569,7 +531,7 @@ def run(
             local_states = states.local_state
         path = np.asarray(path)
         timing["warmup_sampling"] += time.perf_counter() - tic
-        grad_evals_warmup += int(grads)
+        grad_evals += int(grads)
         local_rate, global_rate = float(jnp.mean(record[2])), float(jnp.mean(record[3]))
         history["local_acceptance"].append(local_rate)
         history["global_acceptance"].append(global_rate)
@@ -581,71 +543,207 @@ def run(
             )
         bar.update()
 
-        bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}: fitting")
+        bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}: training")
         tic = time.perf_counter()
         training = _thin(path, max_training_points)
-        key_fit, key_round = jax.random.split(key_fit)
-        options = dict(
-            show_progress=False, interpolant=OneSidedLinearInterpolant(), learning_rate=2e-3,
-            width=128, depth=3,
-        ) | fit_options
-        if flow is not None:
-            previous = flow.velocity
-            options["velocity_network"] = previous.network if whiten else previous
-        if whiten:
-            if round_index == 0:
-                # fixed from the first (local-only) round: the same coordinates for every
-                # warm-started refit, and chains not yet moved between modes by the flow
-                shift, chol = _whitening(path)
-            whitened = np.linalg.solve(chol, (training - shift).T).T.astype(training.dtype)
-            new_flow, fit_history = fit(
-                key_round, whitened, max_steps=fit_steps[round_index], sampler="ode",
-                standardize=False, **options,
-            )
-            new_flow = whitened_flow(new_flow, shift, chol)
-        else:
-            new_flow, fit_history = fit(
-                key_round, training, max_steps=fit_steps[round_index], sampler="ode", **options
-            )
-        flow = new_flow.with_sampler("ode", rtol=flow_tol, atol=flow_tol)
+        flow, train_history = learner.train_round(round_index, path, training)
         timing["training"] += time.perf_counter() - tic
         history["n_training_points"].append(int(training.shape[0]))
-        history["fit_history"].append(fit_history)
+        history["train_history"].append(train_history)
         bar.set_postfix(local_acc=f"{local_rate:.2f}", global_acc=f"{global_rate:.2f}",
                         refresh=False)
         bar.update()
+    return _WarmUp(local_states, da_state, flow, grad_evals, history)
 
-    # -- production: frozen flow and step size, the plain mixed kernel ----------------------------
-    final_step_size = float(da_final(da_state)) if adapt_step_size else float(step_size)
-    frozen_da = da_state._replace(log_step_size=jnp.log(jnp.asarray(final_step_size, dtype)))
-    bar.set_description("production")
-    tic = time.perf_counter()
+
+def _production(key, rounds, warm: _WarmUp, step_size, *, n_production, n_round, bar):
+    """`n_production` transitions of the mixed kernel with the flow and the step size frozen:
+    `(samples, logdensity, local rate, global rate, accepted, failed)`, gradient evaluations."""
+    _, flow_round, attach_flow = rounds
+    frozen_da = warm.da_state._replace(
+        log_step_size=jnp.log(jnp.asarray(step_size, warm.da_state.log_step_size.dtype))
+    )
     # the production chain starts where warm-up ended (BlackJAX's local states do not depend on
     # the step size, so the last warm-up states carry over)
-    states = attach_flow(local_states, flow)
-    records, grad_evals_production = [], 0
-    for chunk_key in jax.random.split(key_production, n_chunks):
-        states, _, record, _, grads = flow_round(states, frozen_da, chunk_key, False, flow)
+    states = attach_flow(warm.local_states, warm.flow)
+    records, grad_evals = [], 0
+    for chunk_key in jax.random.split(key, math.ceil(n_production / n_round)):
+        states, _, record, _, grads = flow_round(states, frozen_da, chunk_key, False, warm.flow)
         records.append(jax.device_get(record))
-        grad_evals_production += int(grads)
+        grad_evals += int(grads)
         bar.update()
-    bar.close()
-    samples, logdensity, local_rate, global_rate, accepted, failed = (
+    draws = tuple(
         jnp.concatenate(parts, axis=1)[:, :n_production] for parts in zip(*records, strict=True)
     )
-    timing["production"] = time.perf_counter() - tic
+    return draws, grad_evals
 
-    solver_error = float("nan")
-    if check_solver_error:
-        check = samples[:, -1][:16]
-        tight = flow.with_sampler("ode", rtol=flow_tol / 100, atol=flow_tol / 100)
-        log_q, log_q_tight = jax.jit(lambda x: (flow.log_prob(x), tight.log_prob(x)))(check)
-        solver_error = float(jnp.max(jnp.abs(log_q - log_q_tight)))
+
+def _solver_error(flow: SIFlow, states: Array, flow_tol: float) -> float:
+    """max |log q at flow_tol - log q at flow_tol / 100| over up to 16 states."""
+    check = states[:16]
+    tight = flow.with_settings(sampler="ode", rtol=flow_tol / 100, atol=flow_tol / 100)
+    log_q, log_q_tight = jax.jit(lambda x: (flow.log_prob(x), tight.log_prob(x)))(check)
+    return float(jnp.max(jnp.abs(log_q - log_q_tight)))
+
+
+#: Options of earlier versions of `run` and where they are now.
+RENAMED_RUN_OPTIONS = {
+    name: f"local=adaptive.LocalKernel(..., {name}=...)"
+    for name in ("step_size", "adapt_step_size", "target_acceptance", "inverse_mass_matrix",
+                 "num_integration_steps")
+} | {"fit_options": "network= (a FieldMLPSpec) and train_options= (options of nsi.train)"}
+
+
+def run(
+    key: PRNGKeyArray,
+    logdensity_fn: Callable[[Float[Array, " d"]], Float[Array, ""]],
+    initial_positions: Float[ArrayLike, "chains d"],
+    *,
+    local: str | LocalKernel = "mala",
+    n_local: int = 5,
+    n_warmup_rounds: int = 4,
+    n_warmup_steps: int = 200,
+    n_production: int = 1000,
+    fit_steps: int | Sequence[int] = 2000,
+    network: FieldMLPSpec = ADAPTIVE_NETWORK,
+    train_options: dict[str, Any] | None = None,
+    max_training_points: int = 20_000,
+    whiten: bool = True,
+    flow_tol: float | None = None,
+    check_solver_error: bool = True,
+    show_progress: bool = True,
+    **renamed,
+) -> AdaptiveResult:
+    """Warm up parallel chains while learning an `SIFlow` proposal, then sample with it frozen.
+
+    See the module docstring for the scheme, what the flow can learn and the remaining error.
+
+    **Arguments:**
+
+    - `key`: a `jax.random` key.
+    - `logdensity_fn`: log pi of ONE position of shape `(d,)` (unnormalised, differentiable).
+    - `initial_positions`: `(n_chains, d)` starting points, finite, with finite log pi and
+      gradient. Spread them over the region where mass may be: the flow only learns the modes
+      the chains visit.
+    - `local`: the local moves, a `LocalKernel` (kernel, step size and its adaptation, mass
+      matrix) or just the kernel's name, `"mala"`, `"hmc"` or `"nuts"`.
+    - `n_local`: local steps per transition (each transition ends with one global flow move).
+    - `n_warmup_rounds`: sampling-then-training rounds (at least 1: the flow is trained after
+      each, the first round samples with local steps only).
+    - `n_warmup_steps`: transitions per warm-up round. Production reuses the same compiled
+      round: it runs whole rounds of `n_warmup_steps` transitions and keeps the first
+      `n_production`.
+    - `n_production`: transitions of the production chain (draws per chain).
+    - `fit_steps`: optimiser steps of each round's training (an int, or one per round).
+    - `network`: the `FieldMLPSpec` of the flow built in the first round (default
+      `ADAPTIVE_NETWORK`, width 128, depth 3).
+    - `train_options`: further options of `numpyro_si.train` (e.g. `batch_size`,
+      `learning_rate` (default `ADAPTIVE_LEARNING_RATE`), `weight_decay`, `validation`); not
+      `num_steps`, `opt_state` or `show_progress`, which `run` sets.
+    - `max_training_points`: cap on each round's training set (every local step's state of
+      every chain, thinned evenly in time).
+    - `whiten`: train on the points whitened by their mean and within-chain covariance
+      (Cholesky; measured on the first round's path and then fixed), `whitened_flow`, so
+      correlated targets are well conditioned; `False` uses the flow's per-coordinate
+      standardisation (measured on the first round's points).
+    - `flow_tol`: `rtol = atol` of the flow's ODE solves in the MH ratio (default 1e-7 in
+      float64, 1e-5 in float32).
+    - `check_solver_error`: measure `log_q_solver_error` at the end.
+    - `show_progress`: a tqdm progress bar over rounds and production chunks.
+
+    **Returns:** an `AdaptiveResult` (production draws `(n_chains, n_production, d)`, frozen
+    flow, local and global acceptance, gradient-evaluation counts, timing, warm-up history).
+
+    Example:
+
+    ```python
+    from numpyro_si.inference import adaptive
+
+    x0 = jax.random.uniform(key_init, (16, 2), minval=-6.0, maxval=6.0)
+    result = adaptive.run(key, logdensity_fn, x0, local="mala", n_production=2000)
+    result.samples  # (16, 2000, 2)
+    az.ess(result.to_inference_data())
+    ```
+    """
+    t_start = time.perf_counter()
+    reject_unknown(renamed, "adaptive.run", RENAMED_RUN_OPTIONS)
+    positions = _check_inputs(logdensity_fn, initial_positions)
+    n_chains, dim = positions.shape
+    dtype = positions.dtype
+    local = LocalKernel(local) if isinstance(local, str) else local
+    if not isinstance(local, LocalKernel):
+        raise TypeError(f"local must be a LocalKernel or a kernel name, got {local!r}.")
+    n_local, n_warmup_rounds, n_warmup_steps, n_production = (
+        check_positive_int(name, value) for name, value in (
+            ("n_local", n_local), ("n_warmup_rounds", n_warmup_rounds),
+            ("n_warmup_steps", n_warmup_steps), ("n_production", n_production),
+        )
+    )
+    max_training_points = check_positive_int("max_training_points", max_training_points, 2)
+    fit_steps = _per_round(fit_steps, n_warmup_rounds)
+    train_options = _check_train_options(train_options)
+    if flow_tol is None:
+        flow_tol = 1e-7 if dtype == jnp.float64 else 1e-5
+    spec = local.spec(logdensity_fn, dim, dtype)
+    da_init, da_update, da_final = dual_averaging_adaptation(spec.target_acceptance)
+    rounds = _rounds(spec, logdensity_fn, n_chains, dim, dtype, n_local, n_warmup_steps,
+                     local.adapt_step_size, da_update)
+
+    n_chunks = math.ceil(n_production / n_warmup_steps)
+    bar = tqdm(total=2 * n_warmup_rounds + n_chunks, desc="adaptive", disable=not show_progress)
+    timing = {"warmup_sampling": 0.0, "training": 0.0, "production": 0.0}
+    key_warmup, key_fit, key_production = jax.random.split(key, 3)
+    learner = _FlowLearner(key_fit, network, fit_steps, train_options, whiten, flow_tol)
+    warm = _warm_up(
+        key_warmup, rounds, learner, jax.jit(jax.vmap(spec.make(local.step_size).init))(positions),
+        da_init(jnp.asarray(local.step_size, dtype)), n_warmup_rounds=n_warmup_rounds,
+        max_training_points=max_training_points, n_chains=n_chains, timing=timing, bar=bar,
+    )
+    step_size = (float(da_final(warm.da_state)) if local.adapt_step_size
+                 else float(local.step_size))
+    bar.set_description("production")
+    tic = time.perf_counter()
+    draws, grad_evals_production = _production(
+        key_production, rounds, warm, step_size, n_production=n_production,
+        n_round=n_warmup_steps, bar=bar,
+    )
+    bar.close()
+    samples, logdensity, local_rate, global_rate, accepted, failed = draws
+    timing["production"] = time.perf_counter() - tic
+    solver_error = (_solver_error(warm.flow, samples[:, -1], flow_tol) if check_solver_error
+                    else float("nan"))
     timing["total"] = time.perf_counter() - t_start
     return AdaptiveResult(
-        samples=samples, logdensity=logdensity, flow=flow, step_size=final_step_size,
+        samples=samples, logdensity=logdensity, flow=warm.flow, step_size=step_size,
         inverse_mass_matrix=spec.inverse_mass_matrix, local_acceptance=local_rate,
         global_acceptance=global_rate, global_accepted=accepted, global_failed=failed,
-        grad_evals_warmup=grad_evals_warmup, grad_evals_production=grad_evals_production,
-        timing=timing, warmup=history, log_q_solver_error=solver_error,
+        grad_evals_warmup=warm.grad_evals, grad_evals_production=grad_evals_production,
+        timing=timing, warmup=warm.history, log_q_solver_error=solver_error,
     )
+
+
+def _per_round(fit_steps, n_rounds: int) -> list[int]:
+    if isinstance(fit_steps, int | np.integer) and not isinstance(fit_steps, bool):
+        fit_steps = [int(fit_steps)] * n_rounds
+    fit_steps = [check_positive_int("fit_steps", steps) for steps in fit_steps]
+    if len(fit_steps) != n_rounds:
+        raise ValueError(
+            f"fit_steps must be an int or have one entry per warm-up round ({n_rounds}),"
+            f" got {len(fit_steps)}."
+        )
+    return fit_steps
+
+
+def _check_train_options(train_options) -> dict:
+    train_options = dict(train_options or {})
+    for name in _RUN_SETS:
+        if name in train_options:
+            raise ValueError(f"train_options must not set {name!r}; run sets it.")
+    if train_options.get("optimizer") is not None and (
+        "learning_rate" in train_options or "weight_decay" in train_options
+    ):
+        raise ValueError(
+            "learning_rate and weight_decay configure the default optimiser; with your own"
+            " `optimizer`, set them there."
+        )
+    return train_options

@@ -11,12 +11,13 @@ Exactness. The MH ratio needs q's true density at the draws:
 - the divergence must be exact: a `HutchinsonDivergence` makes log q a random estimate, which
   biases the chain, so it is refused (`ValueError`);
 - the draws must follow the ODE's density: an SDE sampler's draws do not (their density is not
-  the probability-flow ODE's), so it is refused too; use `flow.with_sampler("ode")`;
+  the probability-flow ODE's), so it is refused too; use `flow.with_settings(sampler="ode")`;
 - what remains is the solver error: the draw y = T_h(z) comes from an adaptive forward solve and
   log q(y) from an adaptive backward solve, each accurate to about the flow's `rtol` / `atol`.
   The chain targets pi up to a perturbation of that size in log q; use tight tolerances, e.g.
-  `flow.with_sampler(rtol=1e-7, atol=1e-7)` (the tests use 1e-7 in float64: the log q error is
-  then below 1e-7 nats). A fixed-step solver (`ODESampler(n_steps=...)`) has no error control,
+  `flow.with_settings(rtol=1e-7, atol=1e-7)` (the tests use 1e-7 in float64: the log q error is
+  then below 1e-7 nats). A fixed-step solve (`ODESampler(n_steps=...)`, `ODELikelihood(n_steps=...)`)
+  has no error control,
   so the error is whatever the step count gives; a warning says so.
 - a density solve that exhausts its step budget returns log q = -inf: the proposal is then
   rejected (never accepted), and a current state whose log q failed accepts nothing until a
@@ -30,7 +31,7 @@ Example:
 ```python
 from numpyro_si.inference import independence, run_chain
 
-flow = flow.with_sampler("ode", rtol=1e-7, atol=1e-7)
+flow = flow.with_settings(sampler="ode", rtol=1e-7, atol=1e-7)
 imh = independence.as_top_level_api(logdensity_fn, flow)
 state = imh.init(position)
 states, infos = jax.jit(lambda k, s: run_chain(k, imh.step, s, 1000))(key, state)
@@ -39,9 +40,10 @@ states, infos = jax.jit(lambda k, s: run_chain(k, imh.step, s, 1000))(key, state
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,10 +52,17 @@ from blackjax.mcmc.proposal import static_binomial_sampling
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PRNGKeyArray, PyTree
 
+from .._conditional import ConditionalSIFlow
+from .._constrained import ConstrainedSIFlow
 from .._distribution import SIFlow
-from .._solvers import HutchinsonDivergence, ODESampler, SDESampler
+from .._solvers import HutchinsonDivergence, ODELikelihood, ODESampler, SDESampler
 
-__all__ = ["IMHState", "IMHInfo", "init", "build_kernel", "as_top_level_api"]
+__all__ = [
+    "IMHState", "IMHInfo", "init", "build_kernel", "as_top_level_api", "GlobalMove", "global_move",
+]
+
+#: A flow that can propose Metropolis-Hastings moves: a density with exact samples.
+Proposal = SIFlow | ConstrainedSIFlow
 
 
 class IMHState(NamedTuple):
@@ -90,16 +99,29 @@ class IMHInfo(NamedTuple):
     proposal_solver_steps: Int[Array, ""]
 
 
-def check_flow(flow: SIFlow) -> None:
-    """Raise unless `flow` gives an exact Metropolis-Hastings proposal: an `SIFlow` with the ODE
+def check_flow(flow: Proposal, *, constrained: bool = True) -> None:
+    """Raise unless `flow` gives an exact Metropolis-Hastings proposal: an `SIFlow` (or, with
+    `constrained`, a `ConstrainedSIFlow`, whose positions are points of its support) with the ODE
     sampler and an exact (non-random) divergence; warn if a solve has a fixed step count."""
-    if not isinstance(flow, SIFlow):
-        raise TypeError(f"flow must be a numpyro_si.SIFlow, got {type(flow).__name__}.")
+    kinds = (SIFlow, ConstrainedSIFlow) if constrained else (SIFlow,)
+    if isinstance(flow, ConditionalSIFlow):
+        raise TypeError(
+            "A ConditionalSIFlow is a family of densities; condition it on the observed context"
+            " first (flow.condition(y)) and propose with that flow."
+        )
+    if isinstance(flow, ConstrainedSIFlow) and not constrained:
+        raise TypeError(
+            "This kernel moves in an unconstrained space; pass a flow on it (an SIFlow, e.g. the"
+            " ConstrainedSIFlow's .flow fitted to unconstrained draws)."
+        )
+    if not isinstance(flow, kinds):
+        names = " or ".join(kind.__name__ for kind in kinds)
+        raise TypeError(f"flow must be a numpyro_si {names}, got {type(flow).__name__}.")
     if isinstance(flow.sampler, SDESampler):
         raise ValueError(
             "The independence MH proposal must be drawn with the probability-flow ODE: SDE draws"
             " do not follow the ODE density that log_prob computes, so the MH ratio would be"
-            " wrong. Pass flow.with_sampler('ode', rtol=1e-7, atol=1e-7)."
+            " wrong. Pass flow.with_settings(sampler='ode', rtol=1e-7, atol=1e-7)."
         )
     dummy = jnp.zeros(flow.dim)
     if isinstance(flow.divergence, HutchinsonDivergence) or (
@@ -107,51 +129,102 @@ def check_flow(flow: SIFlow) -> None:
     ):
         raise ValueError(
             f"flow.divergence is {type(flow.divergence).__name__}, a random estimate of div b:"
-            " log q would be noisy and the Metropolis-Hastings ratio biased (MATH.md section 4)."
-            " Pass flow.with_sampler(divergence='exact')."
+            " log q would be noisy and the Metropolis-Hastings ratio biased (docs/math.md"
+            " section 4). Pass flow.with_settings(divergence='exact')."
         )
     fixed = [
-        name for name, solver in (("sampler", flow.sampler), ("likelihood_solver",
-                                                             flow.likelihood_solver))
-        if isinstance(solver, ODESampler) and solver.n_steps is not None
+        name for name, solve in (("sampler", flow.sampler), ("likelihood", flow.likelihood))
+        if isinstance(solve, ODESampler | ODELikelihood) and solve.n_steps is not None
     ]
     if fixed:
         warnings.warn(
-            f"flow.{' and flow.'.join(fixed)} use(s) a fixed step count: the proposal's draws and"
-            " its log density then disagree by an uncontrolled discretisation error, which"
-            " biases the MH ratio. Prefer adaptive solves with tight tolerances,"
-            " e.g. flow.with_sampler('ode', rtol=1e-7, atol=1e-7).",
+            f"flow.settings.{' and flow.settings.'.join(fixed)} use(s) a fixed step count: the"
+            " proposal's draws and its log density then disagree by an uncontrolled"
+            " discretisation error, which biases the MH ratio. Prefer adaptive solves with tight"
+            " tolerances, e.g. flow.with_settings(sampler='ode', rtol=1e-7, atol=1e-7).",
             stacklevel=3,
         )
 
 
-def _flat_dim_check(position: PyTree, flow: SIFlow) -> tuple[Array, Callable]:
+def _flat_dim_check(position: PyTree, flow: Proposal) -> tuple[Array, Callable]:
     flat, unravel = ravel_pytree(position)
-    if flat.shape != (flow.dim,):
+    size = math.prod(flow.event_shape)
+    if flat.shape != (size,):
         raise ValueError(
-            f"The position must ravel to shape ({flow.dim},) for this {flow.dim}-dimensional"
-            f" flow, got {flat.shape}."
+            f"The position must ravel to shape ({size},) for this flow of event shape"
+            f" {tuple(flow.event_shape)}, got {flat.shape}."
         )
     return flat, unravel
 
 
-def flow_log_density(flow: SIFlow, position: PyTree) -> tuple[Float[Array, ""], Bool[Array, ""]]:
+def flow_log_density(
+    flow: Proposal, position: PyTree
+) -> tuple[Float[Array, ""], Bool[Array, ""]]:
     """log q(position) with the flow's exact-divergence solve, and whether that solve failed."""
     flat, _ = _flat_dim_check(position, flow)
-    log_q, info = flow.log_prob_with_info(flat)
+    log_q, info = flow.log_prob_with_info(flat.reshape(flow.event_shape))
     return log_q, ~info.succeeded
 
 
 def flow_proposal(
-    rng_key: PRNGKeyArray, flow: SIFlow, unravel: Callable
+    rng_key: PRNGKeyArray, flow: Proposal, unravel: Callable
 ) -> tuple[PyTree, Float[Array, ""], Bool[Array, ""], Int[Array, ""]]:
     """One draw y ~ q by the flow's ODE sampler, then log q(y) by its backward solve.
 
     Returns `(y, log q(y), failed, steps)`, y shaped like the chain position via `unravel`.
     """
-    y_flat = flow.sample(rng_key, ())
-    log_q, info = flow.log_prob_with_info(y_flat)
-    return unravel(y_flat), log_q, ~info.succeeded, info.num_steps
+    y = flow.sample(rng_key, ())
+    log_q, info = flow.log_prob_with_info(y)
+    return unravel(y.reshape(-1)), log_q, ~info.succeeded, info.num_steps
+
+
+class GlobalMove(NamedTuple):
+    """What `global_move` did: the chain `state` after the move, log q at its position
+    (`proposal_logdensity`), min(1, w(y) / w(x)) (`acceptance_rate`), `is_accepted`, and
+    whether a flow density solve `failed` (at the current point or the proposal)."""
+
+    state: Any
+    proposal_logdensity: Float[Array, ""]
+    acceptance_rate: Float[Array, ""]
+    is_accepted: Bool[Array, ""]
+    failed: Bool[Array, ""]
+
+
+def global_move(
+    key_proposal: PRNGKeyArray, key_accept: PRNGKeyArray, flow: Proposal, state: Any,
+    position: PyTree, logdensity: ArrayLike, previous_position: PyTree,
+    previous_proposal_logdensity: ArrayLike, rebuild: Callable,
+) -> GlobalMove:
+    """One independence Metropolis-Hastings move with the flow, from a chain that other moves
+    (a local kernel) may have moved since log q was last evaluated: the move of `mixed` and of
+    `SIFlowBoost`.
+
+    **Arguments:**
+
+    - `key_proposal`, `key_accept`: keys of the flow draw and of the accept/reject choice.
+    - `flow`: the proposal (see `check_flow`).
+    - `state`, `position`, `logdensity`: the chain's state (any pytree), its position and
+      log pi there.
+    - `previous_position`, `previous_proposal_logdensity`: where log q was last evaluated and
+      its value (reused if the chain has not moved since; a failed value stays failed).
+    - `rebuild`: `rebuild(y) -> (state at y, log pi(y))`, the chain's state at a proposal.
+
+    **Returns:** a `GlobalMove`.
+    """
+    previous, _ = ravel_pytree(previous_position)
+    current, unravel = _flat_dim_check(position, flow)
+    log_q_x, failed_x = jax.lax.cond(
+        jnp.any(previous != current),
+        lambda: flow_log_density(flow, position),
+        lambda: (previous_proposal_logdensity, ~jnp.isfinite(previous_proposal_logdensity)),
+    )
+    y, log_q_y, failed_y, _ = flow_proposal(key_proposal, flow, unravel)
+    proposed_state, logdensity_y = rebuild(y)
+    log_ratio = log_acceptance_ratio(logdensity_y, log_q_y, logdensity, log_q_x, failed_y)
+    (new_state, log_q), (is_accepted, acceptance_rate, _) = static_binomial_sampling(
+        key_accept, log_ratio, (state, log_q_x), (proposed_state, log_q_y)
+    )
+    return GlobalMove(new_state, log_q, acceptance_rate, is_accepted, failed_x | failed_y)
 
 
 def log_acceptance_ratio(
@@ -165,14 +238,15 @@ def log_acceptance_ratio(
     return jnp.where(reject, -jnp.inf, log_ratio)
 
 
-def init(position: PyTree, logdensity_fn: Callable, flow: SIFlow) -> IMHState:
+def init(position: PyTree, logdensity_fn: Callable, flow: Proposal) -> IMHState:
     """The chain state at `position`: evaluates log pi and log q there.
 
     **Arguments:**
 
-    - `position`: the starting point, shape `(d,)` (or a pytree of total size d).
+    - `position`: the starting point, shaped like a draw of the flow (or a pytree of that size).
     - `logdensity_fn`: log pi, the target's unnormalised log density of one position.
-    - `flow`: the proposal, an `SIFlow` with the ODE sampler and the exact divergence.
+    - `flow`: the proposal, an `SIFlow` (or a `ConstrainedSIFlow`, positions on its support) with
+      the ODE sampler and the exact divergence.
 
     **Returns:** an `IMHState`. If the flow's solve fails at `position`, its log q is -inf and
     the chain rejects every proposal from there (choose another start).
@@ -190,7 +264,7 @@ def build_kernel() -> Callable:
     """
 
     def kernel(
-        rng_key: PRNGKeyArray, state: IMHState, logdensity_fn: Callable, flow: SIFlow
+        rng_key: PRNGKeyArray, state: IMHState, logdensity_fn: Callable, flow: Proposal
     ) -> tuple[IMHState, IMHInfo]:
         """One independence MH step with the flow proposal."""
         check_flow(flow)
@@ -210,7 +284,7 @@ def build_kernel() -> Callable:
     return kernel
 
 
-def as_top_level_api(logdensity_fn: Callable, flow: SIFlow) -> SamplingAlgorithm:
+def as_top_level_api(logdensity_fn: Callable, flow: Proposal) -> SamplingAlgorithm:
     """Independence MH with an `SIFlow` proposal as a `blackjax.SamplingAlgorithm`.
 
     **Arguments:**

@@ -28,20 +28,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 from blackjax.base import SamplingAlgorithm, build_sampling_algorithm
-from blackjax.mcmc.proposal import static_binomial_sampling
-from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
-from .._distribution import SIFlow
-from .independence import (
-    _flat_dim_check,
-    check_flow,
-    flow_log_density,
-    flow_proposal,
-    log_acceptance_ratio,
-)
+from .independence import Proposal, check_flow, flow_log_density, global_move
 
 __all__ = ["MixedState", "MixedInfo", "init", "build_kernel", "as_top_level_api"]
 
@@ -83,7 +73,7 @@ def _check_local_state(local_state) -> None:
 
 
 def init(
-    position: PyTree, logdensity_fn: Callable, flow: SIFlow, local_init: Callable
+    position: PyTree, logdensity_fn: Callable, flow: Proposal, local_init: Callable
 ) -> MixedState:
     """The mixed chain's state at `position`.
 
@@ -91,7 +81,8 @@ def init(
 
     - `position`: the starting point, shape `(d,)` or a pytree of total size d.
     - `logdensity_fn`: log pi of one position (unnormalised); the local kernel must target it.
-    - `flow`: the proposal `SIFlow` (ODE sampler, exact divergence, tight tolerances).
+    - `flow`: the proposal (an `SIFlow`, or a `ConstrainedSIFlow` for positions on its support;
+      ODE sampler, exact divergence, tight tolerances).
     - `local_init`: `local_init(position) -> local state`, e.g. `blackjax.nuts(...).init`.
 
     **Returns:** a `MixedState` (local state and log q at `position`).
@@ -121,7 +112,7 @@ def build_kernel(n_local: int = 1) -> Callable:
         raise ValueError(f"n_local must be a non-negative int, got {n_local!r}.")
 
     def kernel(
-        rng_key: PRNGKeyArray, state: MixedState, logdensity_fn: Callable, flow: SIFlow,
+        rng_key: PRNGKeyArray, state: MixedState, logdensity_fn: Callable, flow: Proposal,
         local_step: Callable, local_init: Callable,
     ) -> tuple[MixedState, MixedInfo]:
         """One mixed transition."""
@@ -137,36 +128,25 @@ def build_kernel(n_local: int = 1) -> Callable:
             local_move, state.local_state, jax.random.split(key_local, n_local)
         )
 
-        # log q at the position the local moves reached, reusing the stored one if unmoved
-        previous, _ = ravel_pytree(state.local_state.position)
-        current, unravel = _flat_dim_check(local_state.position, flow)
-        moved = jnp.any(previous != current)
-        log_q_x, failed_x = jax.lax.cond(
-            moved,
-            lambda: flow_log_density(flow, local_state.position),
-            lambda: (state.proposal_logdensity, ~jnp.isfinite(state.proposal_logdensity)),
-        )
+        def rebuild(y):  # log pi(y) and whatever else the local kernel needs
+            proposed = local_init(y)
+            return proposed, proposed.logdensity
 
-        y, log_q_y, failed_y, _ = flow_proposal(key_proposal, flow, unravel)
-        proposed_local_state = local_init(y)  # log pi(y) and whatever else the local kernel needs
-        log_ratio = log_acceptance_ratio(
-            proposed_local_state.logdensity, log_q_y, local_state.logdensity, log_q_x, failed_y
+        # log q at the position the local moves reached is reused if they did not move it
+        move = global_move(
+            key_proposal, key_accept, flow, local_state, local_state.position,
+            local_state.logdensity, state.local_state.position, state.proposal_logdensity,
+            rebuild,
         )
-        current_state = MixedState(local_state, log_q_x)
-        proposed_state = MixedState(proposed_local_state, log_q_y)
-        new_state, (is_accepted, acceptance_rate, _) = static_binomial_sampling(
-            key_accept, log_ratio, current_state, proposed_state
-        )
-        info = MixedInfo(
-            local_info, acceptance_rate, is_accepted, jnp.logical_or(failed_x, failed_y)
-        )
+        new_state = MixedState(move.state, move.proposal_logdensity)
+        info = MixedInfo(local_info, move.acceptance_rate, move.is_accepted, move.failed)
         return new_state, info
 
     return kernel
 
 
 def as_top_level_api(
-    logdensity_fn: Callable, flow: SIFlow, local: SamplingAlgorithm | Callable, *,
+    logdensity_fn: Callable, flow: Proposal, local: SamplingAlgorithm | Callable, *,
     n_local: int = 1, local_init: Callable | None = None,
 ) -> SamplingAlgorithm:
     """Local moves plus global `SIFlow` moves as a `blackjax.SamplingAlgorithm`.

@@ -19,17 +19,15 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from blackjax.mcmc.proposal import static_binomial_sampling
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 from numpyro.infer.mcmc import MCMCKernel
-from numpyro.infer.util import get_transforms
 from numpyro.util import is_prng_key
 
 from .._distribution import SIFlow
-from .independence import check_flow, flow_log_density, flow_proposal, log_acceptance_ratio
+from .independence import check_flow, flow_log_density, global_move
 
-__all__ = ["SIFlowBoost", "SIFlowBoostState", "unconstrained_draws"]
+__all__ = ["SIFlowBoost", "SIFlowBoostState"]
 
 
 class SIFlowBoostState(NamedTuple):
@@ -91,7 +89,7 @@ class SIFlowBoost(MCMCKernel):
             )
         if not (isinstance(n_local, int) and n_local >= 1):
             raise ValueError(f"n_local must be a positive int, got {n_local!r}.")
-        check_flow(flow)
+        check_flow(flow, constrained=False)
         self.inner_kernel = inner_kernel
         self.flow = flow
         self.n_local = n_local
@@ -193,23 +191,18 @@ class SIFlowBoost(MCMCKernel):
 
         def step(rng_key, previous_z, previous_log_q, inner_state):
             rng_key, key_proposal, key_accept = jax.random.split(rng_key, 3)
-            previous, _ = ravel_pytree(previous_z)
-            current, unravel = ravel_pytree(inner_state.z)
-            log_q_x, failed_x = jax.lax.cond(
-                jnp.any(previous != current),
-                lambda: flow_log_density(flow, inner_state.z),
-                lambda: (previous_log_q, ~jnp.isfinite(previous_log_q)),
+
+            def rebuild(y):
+                proposed = inner_kernel.refresh(inner_state._replace(z=y), model_args,
+                                                model_kwargs)
+                return proposed, -proposed.potential_energy
+
+            move = global_move(
+                key_proposal, key_accept, flow, inner_state, inner_state.z,
+                -inner_state.potential_energy, previous_z, previous_log_q, rebuild,
             )
-            y, log_q_y, failed_y, _ = flow_proposal(key_proposal, flow, unravel)
-            proposed = inner_kernel.refresh(inner_state._replace(z=y), model_args, model_kwargs)
-            log_ratio = log_acceptance_ratio(
-                -proposed.potential_energy, log_q_y, -inner_state.potential_energy, log_q_x,
-                failed_y,
-            )
-            (new_inner, log_q), (accepted, acc_prob, _) = static_binomial_sampling(
-                key_accept, log_ratio, (inner_state, log_q_x), (proposed, log_q_y)
-            )
-            return new_inner, log_q, acc_prob, accepted, failed_x | failed_y, rng_key
+            return (move.state, move.proposal_logdensity, move.acceptance_rate,
+                    move.is_accepted, move.failed, rng_key)
 
         return step
 
@@ -217,31 +210,3 @@ class SIFlowBoost(MCMCKernel):
 def _field(state, name, default):
     value = getattr(state, name, None)
     return jnp.full(jnp.shape(state.potential_energy), default) if value is None else value
-
-
-def unconstrained_draws(
-    model: Callable, samples: dict, model_args: tuple = (), model_kwargs: dict | None = None
-) -> Float[Array, "n d"]:
-    """Posterior draws mapped to the ravelled unconstrained space that `SIFlowBoost` works in.
-
-    **Arguments:**
-
-    - `model`: the NumPyro model.
-    - `samples`: constrained draws keyed by latent site name, each with a leading draw axis
-      (e.g. `mcmc.get_samples()` of a pilot run; non-latent sites are ignored).
-    - `model_args`, `model_kwargs`: the model's arguments.
-
-    **Returns:** an `(n, d)` array to fit the flow on (`numpyro_si.fit`).
-    """
-    model_kwargs = {} if model_kwargs is None else model_kwargs
-
-    def one(params):
-        transforms = get_transforms(model, model_args, model_kwargs, params)
-        missing = set(transforms) - set(params)
-        if missing:
-            raise ValueError(f"samples lack the latent site(s) {sorted(missing)}.")
-        # only latent sites, in the order `ravel_pytree` gives the unconstrained dict `z`
-        unconstrained = {name: transforms[name].inv(params[name]) for name in transforms}
-        return ravel_pytree(unconstrained)[0]
-
-    return jax.vmap(one)(samples)
