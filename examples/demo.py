@@ -50,10 +50,10 @@ def main(steps: int = 10_000, out: str = "demo_output", n_train: int = 5000, n_t
 
     # 2. fit
     tic = time.perf_counter()
-    flow, history = nsi.fit(key_fit, data, max_steps=steps)
+    flow, history = nsi.fit(key_fit, data, num_steps=steps)
     print(
-        f"fit: {history['num_steps']} steps in {time.perf_counter() - tic:.1f} s,"
-        f" best validation loss {history['val_loss'].min():.4f} at epoch {history['best_epoch']}"
+        f"fit: {history.num_steps} steps in {time.perf_counter() - tic:.1f} s,"
+        f" best validation loss {history.val_loss.min():.4f} at epoch {history.best_epoch}"
     )
 
     # 3. held-out cross-entropy
@@ -70,7 +70,7 @@ def main(steps: int = 10_000, out: str = "demo_output", n_train: int = 5000, n_t
     # 4. samples
     sample = jax.jit(lambda f, k: f.sample(k, (n_test,)))
     ode_samples = sample(flow, key_ode)
-    sde_flow = flow.with_sampler("sde", eps=nsi.DecayingEps(1.0))
+    sde_flow = flow.with_settings(sampler="sde", eps=nsi.DecayingEps(1.0))
     sde_samples = sample(sde_flow, key_sde)
     for name, draws in (("ODE", ode_samples), ("SDE", sde_samples)):
         print(

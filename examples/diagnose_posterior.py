@@ -54,7 +54,7 @@ def main(out: str = "demo_output/diagnose_posterior"):
     draws = log_target.unconstrain(mcmc.get_samples())  # (4000, 3), sites in sorted order
     draws = jax.random.permutation(key_data, draws)
     train, heldout = draws[:2000], draws[2000:]
-    flow, history = nsi.fit(key_fit, train, max_steps=4000)
+    flow, history = nsi.fit(key_fit, train, num_steps=4000)
 
     report = diagnostics.diagnostic_report(
         key_report, flow, heldout, history=history, log_target=log_target,

@@ -92,8 +92,8 @@ def main(out="examples_output/posterior_as_prior", density=False, quick=False):
 
     # 2. the flow, fitted to study 1's posterior draws
     tic = time.perf_counter()
-    flow, history = nsi.fit(keys[3], jnp.asarray(draws1), max_steps=fit_steps, show_progress=False)
-    print(f"fit: {history['num_steps']} steps in {time.perf_counter() - tic:.0f} s")
+    flow, history = nsi.fit(keys[3], jnp.asarray(draws1), num_steps=fit_steps, show_progress=False)
+    print(f"fit: {history.num_steps} steps in {time.perf_counter() - tic:.0f} s")
     nsi.save(out / "study1_posterior.nsi", flow)
 
     # 3. study 2 with the flow as its prior; 4. the joint analysis as the reference

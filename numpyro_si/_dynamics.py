@@ -1,4 +1,4 @@
-"""Generative dynamics built from the fields (MATH.md section 3).
+"""Generative dynamics built from the fields (docs/math.md section 3).
 
     ODE (probability flow):  dX = b dt
     forward SDE (0 -> 1):    dX = (b + eps s) dt + sqrt(2 eps) dW

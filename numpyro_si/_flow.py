@@ -88,11 +88,8 @@ class _FlowModel(eqx.Module):
     standardization: Standardization | None
 
 
-class _ArrayLeaf:
-    """Marks where an array child goes back among a flow's static leaves."""
-
-
-_ARRAY = _ArrayLeaf()
+def _is_none(node) -> bool:
+    return node is None
 
 
 class AbstractFlow:
@@ -129,17 +126,25 @@ class AbstractFlow:
         values): usable under `jax.jit`, with traced arrays."""
 
     def tree_flatten(self):
-        leaves, treedef = jax.tree_util.tree_flatten(self._parts())
-        arrays = tuple(leaf for leaf in leaves if eqx.is_array(leaf))
-        static = tuple(_ARRAY if eqx.is_array(leaf) else leaf for leaf in leaves)
-        return arrays, (treedef, static)
+        # None counts as a leaf, so that a tree_map which puts None (or any object) in an array's
+        # place, as eqx.partition does, keeps the number of leaves; which leaves are the arrays
+        # is decided when the flow is made and kept through every unflatten (`_array_slots`).
+        leaves, treedef = jax.tree_util.tree_flatten(self._parts(), is_leaf=_is_none)
+        slots = self.__dict__.get("_array_slots")
+        if slots is None or len(slots) != len(leaves):
+            slots = tuple(eqx.is_array(leaf) for leaf in leaves)
+        arrays = tuple(leaf for leaf, slot in zip(leaves, slots, strict=True) if slot)
+        static = tuple(None if slot else leaf for leaf, slot in zip(leaves, slots, strict=True))
+        return arrays, (treedef, slots, static)
 
     @classmethod
     def tree_unflatten(cls, aux, arrays):
-        treedef, static = aux
+        treedef, slots, static = aux
         children = iter(arrays)
-        leaves = [next(children) if leaf is _ARRAY else leaf for leaf in static]
-        return cls._from_parts(*jax.tree_util.tree_unflatten(treedef, leaves))
+        leaves = [next(children) if slot else leaf for slot, leaf in zip(slots, static, strict=True)]
+        flow = cls._from_parts(*jax.tree_util.tree_unflatten(treedef, leaves))
+        flow._array_slots = slots
+        return flow
 
     # -- the model ------------------------------------------------------------------------------
 

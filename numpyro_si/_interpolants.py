@@ -1,4 +1,4 @@
-"""Stochastic interpolants x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z (MATH.md section 1).
+"""Stochastic interpolants x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z (docs/math.md section 1).
 
 Time runs from t=0 (base rho0) to t=1 (target rho1). Every coefficient and its exact time
 derivative is a method on an `eqx.Module`, so an interpolant can live inside a pytree (an
@@ -8,7 +8,7 @@ Three families, told apart by class rather than by flags:
 
 - `AbstractInterpolant`: two-sided, independent coupling (x0, x1) ~ rho0 x rho1.
 - `AbstractOneSidedInterpolant`: Gaussian base, x0 = z ~ N(0, I), gamma == 0; the score then
-  follows from the velocity alone (MATH.md section 2).
+  follows from the velocity alone (docs/math.md section 2).
 - `MirrorInterpolant`: rho0 = rho1 with x0 = x1, for denoising.
 """
 
@@ -169,7 +169,7 @@ class AbstractInterpolant(eqx.Module):
     """x_t = alpha(t) x0 + beta(t) x1 + gamma(t) z with the independent coupling rho0 x rho1.
 
     Subclasses give `alpha`, `beta` and their exact derivatives `dalpha`, `dbeta`; the noise
-    coefficient is the `gamma` field (an `AbstractGamma`). MATH.md section 1.
+    coefficient is the `gamma` field (an `AbstractGamma`). docs/math.md section 1.
     """
 
     gamma: eqx.AbstractVar[AbstractGamma]
@@ -239,7 +239,7 @@ class AbstractInterpolant(eqx.Module):
             if not abs(value - target) <= atol:
                 raise ValueError(
                     f"{type(self).__name__} violates the boundary condition {name}: got {value:.6g}."
-                    " See MATH.md section 1."
+                    " See docs/math.md section 1."
                 )
 
     @property
@@ -426,7 +426,7 @@ class AbstractOneSidedInterpolant(AbstractInterpolant):
     """x_t = alpha(t) z + beta(t) x1 with z ~ N(0, I) (the base) and gamma == 0.
 
     The flow-matching / rectified-flow / diffusion case. Because the base is Gaussian the score
-    follows from the velocity (MATH.md section 2), see `score_from_velocity`.
+    follows from the velocity (docs/math.md section 2), see `score_from_velocity`.
     """
 
     gamma: AbstractGamma = eqx.field(default=ZeroGamma(), init=False)

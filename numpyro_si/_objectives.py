@@ -1,4 +1,4 @@
-"""Quadratic objectives for the interpolant fields (MATH.md section 2).
+"""Quadratic objectives for the interpolant fields (docs/math.md section 2).
 
 Each per-sample loss acts on ONE draw (t, x0, x1, z) and a field `f(t, x)` on one point; batch
 with `jax.vmap`. Their unique minimisers are the fields b, v, s and eta_z, and the excess loss is
@@ -165,7 +165,7 @@ class AbstractTimeSampler(eqx.Module):
 
 
 class UniformTime(AbstractTimeSampler):
-    """t ~ U[t_min, t_max], weight 1. The default [0, 1] is the objective of MATH.md; trimming
+    """t ~ U[t_min, t_max], weight 1. The default [0, 1] is the objective of docs/math.md; trimming
     (t_min > 0 or t_max < 1) leaves the fields unchanged inside the interval."""
 
     t_min: float = 0.0

@@ -355,7 +355,7 @@ def ode_log_likelihood(
     rtol: float, atol: float,
 ) -> tuple[Float[Array, ""], SolveInfo]:
     """log rho_t(x) = log rho0(X(t_base)) - integral_{t_base}^{t} div b dt, solving backward from
-    X(t) = x (MATH.md section 4). Returns -inf where the solver ran out of steps."""
+    X(t) = x (docs/math.md section 4). Returns -inf where the solver ran out of steps."""
     probe = divergence.probe(key, x)
 
     def augmented(s, state, args):

@@ -165,6 +165,11 @@ class StepPlan(NamedTuple):
     num_steps: int
 
     @property
+    def n_epochs(self) -> int:
+        """Epochs begun when `num_steps` are taken (the last one may be partial)."""
+        return math.ceil(self.num_steps / self.steps_per_epoch)
+
+    @property
     def padded(self) -> bool:
         """Whether the last round runs past `num_steps` and its extra steps are skipped."""
         return self.n_rounds * self.epochs_per_round * self.steps_per_epoch > self.num_steps
@@ -375,11 +380,11 @@ def _loop(run: _Run, key, params, state, *, show_progress: bool, description: st
     for round_index in bar:
         key, key_round = jax.random.split(key)
         params, state, train_loss = run.run_round(params, state, key_round)
-        epochs_done = (round_index + 1) * epochs_per_round
+        epochs_done = min((round_index + 1) * epochs_per_round, plan.n_epochs)
         train_loss = float(train_loss)
         if not math.isfinite(train_loss):
             raise FloatingPointError(
-                f"train: the training loss became {train_loss} by epoch {epochs_done}; lower the"
+                f"{description}: the training loss became {train_loss} by epoch {epochs_done}; lower the"
                 " learning rate or check the data scale."
             )
         history_train.append(train_loss)

@@ -1,4 +1,4 @@
-"""Closed-form Gaussian-mixture fields, the ground truth for tests and benchmarks (MATH.md section 6).
+"""Closed-form Gaussian-mixture fields, the ground truth for tests and benchmarks (docs/math.md section 6).
 
 With rho0 = sum_i p_i N(m_i, C_i), rho1 = sum_j q_j N(mu_j, S_j), the independent coupling and any
 spatially linear interpolant x_t = alpha x0 + beta x1 + gamma z, every time marginal is a Gaussian
@@ -218,7 +218,7 @@ class GaussianMixtureOracle(eqx.Module):
         return -jnp.sum(resp[:, None] * precision_diff, axis=0)
 
     def velocity(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " d"]:
-        """b(t, x) = E[alpha' x0 + beta' x1 + gamma' z | x_t = x] (MATH.md section 6)."""
+        """b(t, x) = E[alpha' x0 + beta' x1 + gamma' z | x_t = x] (docs/math.md section 6)."""
         mean, cov, log_w, dmean, half_dcov = self._pairs(t)
         resp = jax.nn.softmax(_component_log_probs(x, log_w, mean, cov))
         precision_diff = jnp.linalg.solve(cov, (x - mean)[..., None])

@@ -1,5 +1,5 @@
 """Diagnostics for stochastic-interpolant flows: how good a learned density is, with numbers that
-carry their uncertainty (MATH.md sections 4 and 5)."""
+carry their uncertainty (docs/math.md sections 4 and 5)."""
 
 from .._model_space import ModelLogDensity, log_target_from_model, unconstrained_draws
 from ._cross_entropy import CrossEntropy, cross_entropy

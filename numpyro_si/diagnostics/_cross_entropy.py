@@ -1,4 +1,4 @@
-"""Cross-entropy of a flow on held-out samples (MATH.md section 5).
+"""Cross-entropy of a flow on held-out samples (docs/math.md section 5).
 
     H(rho1, rho^1) = -E_{x ~ rho1} log rho^1(x) = H(rho1) + KL(rho1 || rho^1)
 

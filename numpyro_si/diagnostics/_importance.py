@@ -1,4 +1,4 @@
-"""A flow against an unnormalised target pi (MATH.md section 5): importance weights of flow
+"""A flow against an unnormalised target pi (docs/math.md section 5): importance weights of flow
 samples, the log normalising constant, the reverse KL, the importance-sampling ESS and the
 Pareto-k diagnostic of PSIS; and the forward cross-entropy from draws of the target.
 
@@ -94,7 +94,7 @@ def importance_diagnostics(
     Draws y ~ q with the flow's probability-flow ODE (an SDE sampler is replaced by the ODE:
     `log_prob` is the ODE model's density, and the weights need the density the draws come
     from), evaluates log q(y) by `flow.log_prob` and log w = log_target(y) - log q(y), and
-    summarises them (see `ImportanceDiagnostics`). MATH.md section 5.
+    summarises them (see `ImportanceDiagnostics`). docs/math.md section 5.
 
     Each draw costs one ODE solve to sample and one augmented solve for `log_prob`, so keep `n`
     moderate for large d.
@@ -288,7 +288,7 @@ def forward_cross_entropy(
     batch_size: int | None = None,
 ) -> CrossEntropy:
     """The forward (mass-covering) cross-entropy -E_pi log q(x) from draws x ~ pi of the target
-    (e.g. MCMC), with its standard error: H(pi) + KL(pi || q). MATH.md section 5.
+    (e.g. MCMC), with its standard error: H(pi) + KL(pi || q). docs/math.md section 5.
 
     The complement of `importance_diagnostics` (which measures KL(q || pi), the mode-seeking
     direction): a flow that misses a mode of pi has a large forward cross-entropy even when its

@@ -1,6 +1,6 @@
 """Per-time loss profile L(t) of a trained flow and the Girsanov KL bound of its SDE sampler.
 
-MATH.md section 2 (the quadratic objectives L_b, L_s and the excess-loss identity
+docs/math.md section 2 (the quadratic objectives L_b, L_s and the excess-loss identity
 L(f^) - min L = 1/2 E|f^ - f|^2) and section 5 (KL(rho1 || rho^1_SDE) <= DeltaL_b / eps +
 eps DeltaL_s for constant eps).
 """
@@ -116,7 +116,7 @@ def loss_profile(
 
     The loss itself depends on the data through an unknown constant (min L). With an `oracle`
     (a `GaussianMixtureOracle` for the data's distribution) the excess loss
-    DeltaL(t) = L(f^) - L(f) = 1/2 E|f^ - f|^2 (MATH.md section 2) is estimated too, with common
+    DeltaL(t) = L(f^) - L(f) = 1/2 E|f^ - f|^2 (docs/math.md section 2) is estimated too, with common
     random numbers: the same (t, x0, x1, z) enter the flow's field and the oracle's exact one.
 
     **Arguments:**
@@ -368,7 +368,7 @@ def kl_bound(
     delta_velocity_loss_se: float | None = None,
     delta_score_loss_se: float | None = None,
 ) -> KLBound:
-    """The Girsanov bound on the SDE sampler's KL divergence (MATH.md section 5).
+    """The Girsanov bound on the SDE sampler's KL divergence (docs/math.md section 5).
 
     For the forward SDE dX = (b^ + eps s^) dt + sqrt(2 eps) dW with constant eps, started at rho0,
 
@@ -456,7 +456,7 @@ def kl_bound_from_oracle(
     eps: float | Float[ArrayLike, "..."] | None = None,
 ) -> KLBound:
     """The Girsanov KL bound of a flow's SDE sampler, with the excess losses computed against
-    the Gaussian-mixture oracle, where min L is known (MATH.md sections 5 and 6).
+    the Gaussian-mixture oracle, where min L is known (docs/math.md sections 5 and 6).
 
     DeltaL_b and DeltaL_s are the time-integrated excess losses of `loss_profile(...,
     oracle=oracle)` for the velocity and the score, each on its own `n` fresh draws of the target

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .._training import TrainHistory
+
 
 def _figure_and_axes(ax, figsize=(5, 3.5)):
     if ax is None:
@@ -17,21 +19,21 @@ def _figure_and_axes(ax, figsize=(5, 3.5)):
     return ax.figure, ax
 
 
-def plot_loss_curves(history: dict, ax=None):
-    """Training and validation loss against epochs, from the `history` returned by `nsi.fit`,
-    with the kept (best) epoch marked.
+def plot_loss_curves(history: TrainHistory, ax=None):
+    """Training and validation loss against epochs, from the `TrainHistory` of `nsi.fit` or
+    `nsi.train`, with the kept (best) epoch marked.
 
     **Returns:** the matplotlib figure.
     """
-    for name in ("train_loss", "val_loss"):
-        if name not in history:
-            raise ValueError(f"history has no {name!r}; pass the history returned by nsi.fit.")
+    if not isinstance(history, TrainHistory):
+        raise TypeError(
+            f"history must be the TrainHistory of nsi.fit or nsi.train, got {type(history).__name__}."
+        )
     fig, ax = _figure_and_axes(ax)
-    epochs = np.asarray(history.get("epoch", np.arange(1, len(history["train_loss"]) + 1)))
-    ax.plot(epochs, history["train_loss"], label="training")
-    if len(history["val_loss"]):
-        ax.plot(epochs, history["val_loss"], label="validation")
-        ax.axvline(history["best_epoch"], color="k", ls=":", lw=1, label="kept")
+    ax.plot(history.epoch, history.train_loss, label="training")
+    if len(history.val_loss):
+        ax.plot(history.epoch, history.val_loss, label="validation")
+        ax.axvline(history.best_epoch, color="k", ls=":", lw=1, label="kept")
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss (quadratic form)")
     ax.set_title("training curves")

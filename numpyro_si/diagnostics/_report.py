@@ -14,6 +14,7 @@ from jaxtyping import PRNGKeyArray
 
 from .._constrained import ConstrainedSIFlow
 from .._distribution import SIFlow
+from .._training import TrainHistory
 from ._cross_entropy import CrossEntropy, as_sample_array, cross_entropy
 from ._importance import ImportanceDiagnostics, importance_diagnostics
 from ._loss_profile import LossProfile, loss_profile
@@ -64,7 +65,7 @@ def diagnostic_report(
     flow: SIFlow,
     heldout: Any,
     *,
-    history: dict | None = None,
+    history: TrainHistory | None = None,
     var_names: Sequence[str] | None = None,
     log_target: Callable | None = None,
     n_samples: int = 2000,
@@ -78,7 +79,7 @@ def diagnostic_report(
 
     Computes the cross-entropy on `heldout` with its standard error, the per-time velocity loss
     profile L(t), flow samples for a corner-style comparison, and, given `log_target`, the
-    importance-sampling diagnostics (log Z, reverse KL, ESS, Pareto k). MATH.md sections 4-5.
+    importance-sampling diagnostics (log Z, reverse KL, ESS, Pareto k). docs/math.md sections 4-5.
 
     **Arguments:**
 
@@ -86,7 +87,7 @@ def diagnostic_report(
     - `flow`: the `SIFlow` to diagnose.
     - `heldout`: draws of shape `(N, d)` (or `(chains, draws, d)`) or an ArviZ `InferenceData`
       (its posterior group, `var_names` selecting the variables) that the flow was NOT fitted to.
-    - `history`: the history returned by `nsi.fit`, for the loss-curve figure.
+    - `history`: the `TrainHistory` of `nsi.fit` / `nsi.train`, for the loss-curve figure.
     - `log_target`: an unnormalised log density of one point (see `importance_diagnostics`).
     - `n_samples`: flow draws for the marginal plots; `n_importance`: draws for the weights.
     - `reference_entropy`: a known entropy of the held-out distribution, to report the KL gap.

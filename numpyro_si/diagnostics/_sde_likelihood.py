@@ -1,4 +1,4 @@
-"""Log-likelihood of the SDE model by backward paths (MATH.md section 4).
+"""Log-likelihood of the SDE model by backward paths (docs/math.md section 4).
 
 Let Y run backward from Y(1) = x with the reverse-time SDE dY = b_B dt + sqrt(2 eps) dW_bar,
 b_B = b - eps s. Then, exactly when b and s are the true fields,
@@ -58,7 +58,7 @@ def sde_log_likelihood(
     form: Literal["pathwise", "expectation"] = "pathwise",
 ) -> SDELikelihood:
     """Estimate log rho^_1(x) of the SDE model with noise level `eps` by backward SDE paths
-    (MATH.md section 4).
+    (docs/math.md section 4).
 
     Each path runs Euler-Maruyama backward from Y(time_max) = x to time_min on `n_steps` equal
     steps of the reverse-time SDE dY = (b - eps s) dt + sqrt(2 eps) dW_bar, and accumulates
@@ -75,13 +75,11 @@ def sde_log_likelihood(
     has variance O(1/n_steps) per path). With learned fields, the log-density of the *SDE model*:
     the law of the forward SDE sampler dX = (b + eps s) dt + sqrt(2 eps) dW at the same eps, which
     differs from the ODE model's `flow.log_prob` when the fields are imperfect. Euler-Maruyama
-    leaves a discretisation bias of order 1/n_steps that `se` does not include: with the exact
-    fields of a smooth 2-d Gaussian mixture and eps = 1 it measured 0.002 +- 0.002 nats at 500
-    steps (MATH.md reports about 0.03 nats at 2000 steps for a sharper 3-d mixture); measure it
-    on a known case (`numpyro_si.oracle`) before trusting differences that small. Even with exact
-    fields the pathwise form is not zero-variance once discretised: its per-path spread is
-    O(sqrt(1/n_steps)) (about 0.1 nats at 500 steps there, against about 2 nats for the
-    expectation form).
+    leaves a discretisation bias of order 1/n_steps that `se` does not include (it grows with the
+    sharpness of the density; tests/diagnostics/test_sde_likelihood.py bounds it on a known
+    mixture): measure it on a known case (`numpyro_si.oracle`) before trusting small
+    differences. Even with exact fields the pathwise form is not zero-variance once discretised:
+    its per-path spread is O(sqrt(1/n_steps)), far below the expectation form's.
 
     **Score.** The flow needs a score: a score field, or a one-sided interpolant whose score
     follows from the velocity. That score is singular at the data end, so for a velocity-only

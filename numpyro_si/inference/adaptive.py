@@ -37,6 +37,17 @@ backward solve, each accurate to about the tolerance `flow_tol`; the production 
 up to a perturbation of log q of that size (default 1e-7 in float64, 1e-5 in float32), far below
 the Monte Carlo error of any run. `AdaptiveResult.log_q_solver_error` measures it at a few
 production states by re-solving with a 100 times tighter tolerance.
+
+Example:
+
+```python
+from numpyro_si.inference import adaptive
+
+x0 = jax.random.uniform(key_init, (16, 2), minval=-6.0, maxval=6.0)
+result = adaptive.run(key, logdensity_fn, x0, local="mala", n_production=2000)
+result.samples  # (16, 2000, 2)
+az.ess(result.to_inference_data())
+```
 """
 
 from __future__ import annotations
@@ -654,16 +665,7 @@ def run(
     **Returns:** an `AdaptiveResult` (production draws `(n_chains, n_production, d)`, frozen
     flow, local and global acceptance, gradient-evaluation counts, timing, warm-up history).
 
-    Example:
-
-    ```python
-    from numpyro_si.inference import adaptive
-
-    x0 = jax.random.uniform(key_init, (16, 2), minval=-6.0, maxval=6.0)
-    result = adaptive.run(key, logdensity_fn, x0, local="mala", n_production=2000)
-    result.samples  # (16, 2000, 2)
-    az.ess(result.to_inference_data())
-    ```
+    The module docstring has an example.
     """
     t_start = time.perf_counter()
     reject_unknown(renamed, "adaptive.run", RENAMED_RUN_OPTIONS)
@@ -673,17 +675,15 @@ def run(
     local = LocalKernel(local) if isinstance(local, str) else local
     if not isinstance(local, LocalKernel):
         raise TypeError(f"local must be a LocalKernel or a kernel name, got {local!r}.")
-    n_local, n_warmup_rounds, n_warmup_steps, n_production = (
-        check_positive_int(name, value) for name, value in (
-            ("n_local", n_local), ("n_warmup_rounds", n_warmup_rounds),
-            ("n_warmup_steps", n_warmup_steps), ("n_production", n_production),
-        )
-    )
+    for name, value in (("n_local", n_local), ("n_warmup_rounds", n_warmup_rounds),
+                        ("n_warmup_steps", n_warmup_steps), ("n_production", n_production)):
+        check_positive_int(name, value)
     max_training_points = check_positive_int("max_training_points", max_training_points, 2)
-    fit_steps = _per_round(fit_steps, n_warmup_rounds)
-    train_options = _check_train_options(train_options)
-    if flow_tol is None:
-        flow_tol = 1e-7 if dtype == jnp.float64 else 1e-5
+    learner = _FlowLearner(
+        jax.random.fold_in(key, 1), network, _per_round(fit_steps, n_warmup_rounds),
+        _check_train_options(train_options), whiten,
+        (1e-7 if dtype == jnp.float64 else 1e-5) if flow_tol is None else flow_tol,
+    )
     spec = local.spec(logdensity_fn, dim, dtype)
     da_init, da_update, da_final = dual_averaging_adaptation(spec.target_acceptance)
     rounds = _rounds(spec, logdensity_fn, n_chains, dim, dtype, n_local, n_warmup_steps,
@@ -692,8 +692,7 @@ def run(
     n_chunks = math.ceil(n_production / n_warmup_steps)
     bar = tqdm(total=2 * n_warmup_rounds + n_chunks, desc="adaptive", disable=not show_progress)
     timing = {"warmup_sampling": 0.0, "training": 0.0, "production": 0.0}
-    key_warmup, key_fit, key_production = jax.random.split(key, 3)
-    learner = _FlowLearner(key_fit, network, fit_steps, train_options, whiten, flow_tol)
+    key_warmup, key_production = jax.random.split(key)
     warm = _warm_up(
         key_warmup, rounds, learner, jax.jit(jax.vmap(spec.make(local.step_size).init))(positions),
         da_init(jnp.asarray(local.step_size, dtype)), n_warmup_rounds=n_warmup_rounds,
@@ -710,8 +709,8 @@ def run(
     bar.close()
     samples, logdensity, local_rate, global_rate, accepted, failed = draws
     timing["production"] = time.perf_counter() - tic
-    solver_error = (_solver_error(warm.flow, samples[:, -1], flow_tol) if check_solver_error
-                    else float("nan"))
+    solver_error = (_solver_error(warm.flow, samples[:, -1], learner.flow_tol)
+                    if check_solver_error else float("nan"))
     timing["total"] = time.perf_counter() - t_start
     return AdaptiveResult(
         samples=samples, logdensity=logdensity, flow=warm.flow, step_size=step_size,

@@ -2,9 +2,9 @@
 
 Every step draws y ~ q from the flow, independent of the current state x, and accepts it with
 probability min(1, w(y) / w(x)), where w = pi / q is the importance weight of the target pi
-(unnormalised) against the flow density q (MATH.md section 5). The state keeps log pi(x) and
+(unnormalised) against the flow density q (docs/math.md section 5). The state keeps log pi(x) and
 log q(x), so a step costs one flow draw (a forward ODE solve), one flow density (a backward ODE
-solve with the exact divergence, MATH.md section 4) and one target log density.
+solve with the exact divergence, docs/math.md section 4) and one target log density.
 
 Exactness. The MH ratio needs q's true density at the draws:
 
