@@ -1,7 +1,13 @@
 """Methods compared by `benchmarks/density.py`, each trained to the same time budget.
 
-Every method turns `(key, train, budget_seconds)` into a `Trained` record with a batched
-`log_prob`, a batched `sample` (None where the model cannot sample) and its cost counters.
+`METHODS` maps each method's stable id (`numpyro_si`, `numpyro_si_tuned`, `flowjax_coupling`,
+`flowjax_maf`, `bnaf`; the keys of the stored results) to a trainer that turns
+`(key, train, budget_seconds)` into a `Trained` record with a batched `log_prob`, a batched
+`sample` (None where the model cannot sample) and its cost counters. Display labels are the
+renderer's business (`density_report.py`).
+
+`fit_siflow` is the benchmarks' one call of `nsi.fit` and the one place its history is read;
+`fit_flowjax` is the one call of flowjax's `fit_to_data`.
 
 Clock. The 2 cores are shared with other jobs (load averages of 8-13 were seen), so equal
 wall-clock budgets would hand the methods unequal compute; by default the budget is this
@@ -140,7 +146,7 @@ def recalibrate(cache_key, steps: int, seconds: float, budget: float, *, stopped
     """Running correction: after a real run whose cost missed its budget by more than 10 %, the
     cached rate becomes this run's (steps over seconds past the overhead), so the next data set
     of the same dimension gets a budget-true step count. Long runs can cost more per step than
-    the pilots (cache and load effects): the stop-11 run let a 60 s budget take 85 s."""
+    the pilots (cache and load effects): a 60 s budget has been seen to take 85 s."""
     if cache_key not in _CALIBRATION or stopped_early or abs(seconds - budget) <= 0.1 * budget:
         return
     rate, overhead = _CALIBRATION[cache_key]
@@ -175,12 +181,10 @@ def field_evaluations(solver, num_steps):
 def siflow_evaluators(flow: nsi.SIFlow):
     """Jitted log_prob, sample and their field-evaluation counts for a flow."""
 
-    # jax.jit, not eqx.filter_jit: equinox's filters rebuild the SIFlow pytree with non-array
-    # leaves, which SIFlow's tree_flatten does not survive (reported as a numpyro_si issue).
     @jax.jit
     def log_prob(flow, x):
         values, info = flow.log_prob_with_info(x)
-        return values, field_evaluations(flow.likelihood_solver.solver, info.num_steps)
+        return values, field_evaluations(flow.likelihood.solver, info.num_steps)
 
     sample_fns = {}
 
@@ -194,7 +198,7 @@ def siflow_evaluators(flow: nsi.SIFlow):
         sampler = flow.sampler
         t0, t1 = flow.interpolant.time_min, flow.interpolant.time_max
         _, info = jax.vmap(
-            lambda y: solve_ode(flow.velocity, y, t0, t1, sampler=sampler, rtol=flow.rtol,
+            lambda y: solve_ode(flow.velocity, y, t0, t1, method=sampler, rtol=flow.rtol,
                                 atol=flow.atol)
         )(x0)
         return field_evaluations(sampler.solver, info.num_steps)
@@ -205,51 +209,60 @@ def siflow_evaluators(flow: nsi.SIFlow):
     return (lambda x: log_prob(flow, x)), sample, nfe_sample
 
 
-def epoch_steps(n: int, batch_size: int = BATCH_SIZE, val_prop: float = 0.1) -> int:
-    """Optimiser steps per epoch on `n` points after a `val_prop` validation split (as `fit` and
-    the benchmark's flowjax runs split them)."""
-    return max((n - round(val_prop * n)) // min(batch_size, n), 1)
+@dataclass
+class SIFit:
+    """What the benchmarks use of one `nsi.fit` call."""
+
+    flow: nsi.SIFlow
+    steps: int  # optimiser steps taken
+    stopped_early: bool
+    final_val_loss: float  # the last validation loss (NaN without validation)
+    wall: float  # seconds of the call
+    cpu: float
 
 
-def whole_rounds(steps: int, n: int, batch_size: int, val_prop: float = 0.1) -> int:
-    """The largest step count <= `steps` that `fit` runs exactly: a whole number of its
-    validation rounds (epochs_per_round epochs of >= 100 steps). fit spreads max_epochs over
-    rounds by rounding the round length up, so an arbitrary max_steps can overshoot by up to a
-    third (8529 asked -> 11340 run on 18 000 points); whole rounds are run as asked."""
-    steps_per_epoch = epoch_steps(n, batch_size, val_prop)
-    epochs_per_round = max(1, math.ceil(100 / steps_per_epoch))
-    unit = steps_per_epoch * epochs_per_round
-    return max(unit, (steps // unit) * unit)
+def fit_siflow(key, data, *, steps: int | None = None, **options) -> SIFit:
+    """`nsi.fit(key, data, **options)` run for `steps` optimiser steps (fit's default if None),
+    timed. The benchmarks' one call of `nsi.fit` and the one place its history is read."""
+    if steps is not None:
+        options["num_steps"] = steps
+    (flow, history), wall, cpu = _timed(nsi.fit, key, jnp.asarray(data), show_progress=False,
+                                        **options)
+    val_loss = history.val_loss
+    return SIFit(flow=flow, steps=int(history.num_steps), stopped_early=bool(history.stopped_early),
+                 final_val_loss=float(val_loss[-1]) if len(val_loss) else float("nan"),
+                 wall=wall, cpu=cpu)
 
 
-def train_siflow(key, train, budget, *, label="numpyro_si", options=None, eval_options=None):
-    """`nsi.fit` with `options` (defaults if empty), max_steps set by the budget."""
+def epoch_steps(n: int, batch_size: int = BATCH_SIZE) -> int:
+    """Optimiser steps per epoch on `n` points after `fit`'s default validation split (the
+    benchmark's flowjax runs split them the same way)."""
+    n_train = n - nsi.Validation().held_out(n)
+    return nsi.plan_steps(n_train, batch_size=batch_size).steps_per_epoch
+
+
+def train_siflow(key, train, budget, *, method="numpyro_si", options=None):
+    """`nsi.fit` with `options` (defaults if empty) for as many steps as fit in the budget."""
     options = dict(options or {})
-    data = jnp.asarray(train)
+    cache_key = (method, train.shape[1])
 
-    def run(max_steps):
-        (_, history), wall, cpu = _timed(nsi.fit, key, data, max_steps=max_steps,
-                                         show_progress=False, **options)
-        return int(history["num_steps"]), _budget_seconds(wall, cpu)
+    def run(steps):
+        fit = fit_siflow(key, train, steps=steps, **options)
+        return fit.steps, _budget_seconds(fit.wall, fit.cpu)
 
-    rate, overhead = calibrate((label, train.shape[1]), run, 200, 1000)
-    max_steps = whole_rounds(steps_for_budget(rate, overhead, budget), train.shape[0],
-                             options.get("batch_size", BATCH_SIZE))
-    (flow, history), wall, cpu = _timed(
-        nsi.fit, key, data, max_steps=max_steps, show_progress=False, **options
-    )
-    recalibrate((label, train.shape[1]), int(history["num_steps"]), _budget_seconds(wall, cpu),
-                budget, stopped_early=bool(history["stopped_early"]))
-    if eval_options:
-        flow = flow.with_sampler(**eval_options)
-    log_prob, sample, nfe_sample = siflow_evaluators(flow)
+    rate, overhead = calibrate(cache_key, run, 200, 1000)
+    planned = steps_for_budget(rate, overhead, budget)  # fit runs exactly this many
+    fit = fit_siflow(key, train, steps=planned, **options)
+    recalibrate(cache_key, fit.steps, _budget_seconds(fit.wall, fit.cpu), budget,
+                stopped_early=fit.stopped_early)
+    log_prob, sample, nfe_sample = siflow_evaluators(fit.flow)
     return Trained(
-        method=label, n_params=count_params(flow.velocity), train_time=wall, train_cpu=cpu,
-        steps=int(history["num_steps"]), log_prob=log_prob, sample=sample,
+        method=method, n_params=count_params(fit.flow.velocity), train_time=fit.wall,
+        train_cpu=fit.cpu, steps=fit.steps, log_prob=log_prob, sample=sample,
         nfe_sample=nfe_sample,
-        extra={"planned_steps": max_steps, "stopped_early": bool(history["stopped_early"]),
+        extra={"planned_steps": planned, "stopped_early": fit.stopped_early,
                "calibrated_rate": rate, "overhead": overhead},
-        model=flow,
+        model=fit.flow,
     )
 
 
@@ -292,9 +305,9 @@ def _flowjax_fit_objects():
 def flowjax_patience(n_train: int, epochs: int, batch_size: int = BATCH_SIZE) -> int:
     """Patience in epochs for `fit_to_data`, by `nsi.fit`'s own rule: at least 20 validation
     rounds of >= 100 steps (2000 steps), or a fifth of the planned run if longer. Both return
-    their best-validation parameters. (Until stop 12 flowjax got ~300 steps, fit_to_data's
-    default 5 epochs raised to about 300 steps: on 9 of 11 sets it stopped with up to half its
-    budget unused, while fit kept training; the budget curve shows what that cost it.)"""
+    their best-validation parameters. (fit_to_data's default of 5 epochs, even raised to about
+    300 steps, stopped flowjax on 9 of 11 sets with up to half its budget unused while fit kept
+    training; the budget curve's rows labelled "patience ~300 steps" show what that cost it.)"""
     return max(math.ceil(2000 / epoch_steps(n_train, batch_size)), math.ceil(epochs / 5))
 
 
@@ -304,19 +317,30 @@ def flowjax_log_prob(flow, x):
     return flow.log_prob(x)
 
 
-def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=None,
+def fit_flowjax(key, flow, data, *, epochs: int, patience: int, batch_size: int = BATCH_SIZE):
+    """flowjax `fit_to_data` (Adam 5e-4, maximum likelihood), timed: (trained flow, epochs run,
+    wall seconds, CPU seconds). The benchmarks' one call of `fit_to_data`."""
+    from flowjax.train import fit_to_data
+
+    loss_fn, optimizer = _flowjax_fit_objects()
+    (flow, losses), wall, cpu = _timed(
+        fit_to_data, key, flow, data, loss_fn=loss_fn, optimizer=optimizer, max_epochs=epochs,
+        batch_size=batch_size, max_patience=patience, show_progress=False,
+    )
+    return flow, len(losses["train"]), wall, cpu
+
+
+def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, method=None,
                   patience_fraction: float | None = None, batch_size: int = BATCH_SIZE):
     """flowjax `fit_to_data` for `budget` seconds, patience by `flowjax_patience`;
     `patience_fraction` sets the patience to that fraction of the planned epochs instead."""
-    from flowjax.train import fit_to_data
-
-    label = label or f"flowjax {kind}"
+    method = method or f"flowjax_{kind}"
     key_init, key_fit = jax.random.split(key)
     dim = train.shape[1]
     whitening = Whitening(train)
     data = jnp.asarray(whitening.forward(train))
-    loss_fn, optimizer = _flowjax_fit_objects()
     steps_per_epoch = epoch_steps(train.shape[0], batch_size)
+    cache_key = (method, nn_width, dim, batch_size, patience_fraction)
 
     def patience_for(epochs):
         if patience_fraction is not None:
@@ -324,21 +348,18 @@ def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=No
         return flowjax_patience(train.shape[0], epochs, batch_size)
 
     def fit(epochs):
-        return fit_to_data(
-            key_fit, make_flowjax(kind, key_init, dim, nn_width), data, loss_fn=loss_fn,
-            optimizer=optimizer, max_epochs=epochs, batch_size=batch_size,
-            max_patience=patience_for(epochs), show_progress=False,
-        )
+        return fit_flowjax(key_fit, make_flowjax(kind, key_init, dim, nn_width), data,
+                           epochs=epochs, patience=patience_for(epochs), batch_size=batch_size)
 
     def run(steps):
-        (_, losses), wall, cpu = _timed(fit, max(math.ceil(steps / steps_per_epoch), 1))
-        return len(losses["train"]) * steps_per_epoch, _budget_seconds(wall, cpu)
+        _, epochs_run, wall, cpu = fit(max(math.ceil(steps / steps_per_epoch), 1))
+        return epochs_run * steps_per_epoch, _budget_seconds(wall, cpu)
 
-    rate, overhead = calibrate((label, nn_width, train.shape[1], batch_size), run, 100, 400)
+    rate, overhead = calibrate(cache_key, run, 100, 400)
     epochs = max(math.ceil(steps_for_budget(rate, overhead, budget) / steps_per_epoch), 1)
-    (flow, losses), wall, cpu = _timed(fit, epochs)
-    recalibrate((label, nn_width, train.shape[1], batch_size), len(losses["train"]) * steps_per_epoch,
-                _budget_seconds(wall, cpu), budget, stopped_early=len(losses["train"]) < epochs)
+    flow, epochs_run, wall, cpu = fit(epochs)
+    recalibrate(cache_key, epochs_run * steps_per_epoch, _budget_seconds(wall, cpu), budget,
+                stopped_early=epochs_run < epochs)
 
     sample_fns = {}
 
@@ -349,11 +370,10 @@ def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=No
 
     wrapped_log_prob, wrapped_sample = whitening.wrap(lambda x: flowjax_log_prob(flow, x), sample)
     return Trained(
-        method=label, n_params=count_params(flow), train_time=wall, train_cpu=cpu,
-        steps=len(losses["train"]) * steps_per_epoch, log_prob=wrapped_log_prob,
-        sample=wrapped_sample,
-        extra={"planned_steps": epochs * steps_per_epoch, "epochs": len(losses["train"]),
-               "stopped_early": len(losses["train"]) < epochs, "calibrated_rate": rate,
+        method=method, n_params=count_params(flow), train_time=wall, train_cpu=cpu,
+        steps=epochs_run * steps_per_epoch, log_prob=wrapped_log_prob, sample=wrapped_sample,
+        extra={"planned_steps": epochs * steps_per_epoch, "epochs": epochs_run,
+               "stopped_early": epochs_run < epochs, "calibrated_rate": rate,
                "overhead": overhead, "max_patience": patience_for(epochs)},
         model=flow,
     )
@@ -365,7 +385,7 @@ def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, label=No
 
 
 def train_bnaf(key, train, budget, *, num_flows=2, hidden_factors=(16, 16), learning_rate=1e-3,
-               label="numpyro BNAF"):
+               method="bnaf"):
     """NumPyro's `BlockNeuralAutoregressiveTransform`s, stacked as in `AutoBNAFNormal` (gated
     residual on all but the last, order reversed between flows), fitted by maximum likelihood.
 
@@ -445,7 +465,48 @@ def train_bnaf(key, train, budget, *, num_flows=2, hidden_factors=(16, 16), lear
     jit_log_prob = jax.jit(batched)
     wrapped_log_prob, _ = whitening.wrap(lambda x: jit_log_prob(final, x), None)
     return Trained(
-        method=label, n_params=int(sum(x.size for x in jax.tree.leaves(final))),
+        method=method, n_params=int(sum(x.size for x in jax.tree.leaves(final))),
         train_time=wall, train_cpu=cpu, steps=steps, log_prob=wrapped_log_prob, sample=None,
         extra={"num_flows": num_flows, "hidden_factors": list(hidden_factors)},
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# the methods compared, by stable id
+# ----------------------------------------------------------------------------------------------
+
+# The tuned numpyro_si configuration: fit's defaults with batches of 256 instead of 512 on 2-d
+# data, and with weight decay 0.1 (`fit(..., weight_decay=0.1)`, AdamW) above 2 dimensions.
+# Batches of 256: a step costs less than half one of 512, so at equal CPU seconds the fit sees
+# more data; the evidence is mixed (an exploratory paired run on checkerboard gave -0.014 ± 0.003
+# nats against 512, `benchmarks/batch_size_check.py checkerboard` +0.005 ± 0.003, and flowjax
+# gains as much from 256 there; sbibm two_moons over 8 keys: the 256 row -3.602 against the
+# default's key mean -3.580). Weight decay 0.1 (the table's step counts, two keys, paired on the
+# held-out points; docs/guide.md "Weight decay"): sbibm gaussian_linear -0.030, sbibm
+# bernoulli_glm -0.083, digits -3.4 nats, but checkerboard +0.10, sbibm slcp (5-d, not in the
+# table) +0.13 and breast cancer +0.35 (three keys): it helps smooth posteriors and the small
+# image set, and hurts sharp or multimodal densities, so it is not a default. A deeper network
+# (width 64, depth 8 for d <= 16, width 128, depth 4 above) as the tuned row lost to the
+# defaults at equal time on 6 of 11 data sets.
+TUNED_BATCH_SIZE = 256
+TUNED_WEIGHT_DECAY = 0.1
+
+
+def tuned_options(dim: int) -> dict:
+    if dim <= 2:
+        return dict(batch_size=TUNED_BATCH_SIZE)
+    return dict(weight_decay=TUNED_WEIGHT_DECAY)
+
+
+FLOWJAX_KINDS = {"flowjax_coupling": "coupling", "flowjax_maf": "maf"}
+
+# method id -> trainer (key, train, budget seconds) -> Trained; the order is the tables' order
+METHODS: dict[str, Callable] = {
+    "numpyro_si": lambda key, train, budget: train_siflow(key, train, budget),
+    "numpyro_si_tuned": lambda key, train, budget: train_siflow(
+        key, train, budget, method="numpyro_si_tuned", options=tuned_options(train.shape[1])),
+    "flowjax_coupling": lambda key, train, budget: train_flowjax(
+        key, train, budget, kind="coupling"),
+    "flowjax_maf": lambda key, train, budget: train_flowjax(key, train, budget, kind="maf"),
+    "bnaf": lambda key, train, budget: train_bnaf(key, train, budget),
+}

@@ -30,14 +30,15 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import density  # noqa: E402
-from _density_data import load_dataset, standard_error  # noqa: E402
+from _density_data import ALL_DATASETS, load_dataset, standard_error  # noqa: E402
+from _density_eval import evaluate  # noqa: E402
 from _density_methods import train_flowjax, train_siflow  # noqa: E402
+from density import BUDGETS  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("dataset", choices=density.ALL_DATASETS)
+    parser.add_argument("dataset", choices=ALL_DATASETS)
     parser.add_argument("--batches", default="512,256")
     parser.add_argument("--flowjax", default="coupling", choices=["coupling", "maf", "none"])
     parser.add_argument("--budget", type=float, default=None,
@@ -46,17 +47,17 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=1, help="training keys per fit")
     args = parser.parse_args(argv)
     data = load_dataset(args.dataset, seed=args.seed)
-    budget = args.budget or density.BUDGETS[data.group]
+    budget = args.budget or BUDGETS[data.group]
     batches = [int(b) for b in args.batches.split(",")]
     def key(s):  # s = 0: the density benchmark's training key
         return jax.random.key(args.seed + 1 + 1000 * s)
 
     methods = {"numpyro_si": lambda b, s: train_siflow(
-        key(s), data.train, budget, label=f"numpyro_si b{b}", options=dict(batch_size=b))}
+        key(s), data.train, budget, method=f"numpyro_si_b{b}", options=dict(batch_size=b))}
     if args.flowjax != "none":
         methods[f"flowjax {args.flowjax}"] = lambda b, s: train_flowjax(
             key(s), data.train, budget, kind=args.flowjax, batch_size=b,
-            label=f"flowjax {args.flowjax} b{b}")
+            method=f"flowjax_{args.flowjax}_b{b}")
     print(f"{args.dataset}: d = {data.dim}, {data.train.shape[0]} training points, budget"
           f" {budget:.0f} CPU s\n")
     print("| method | batch | seed | steps | fit CPU s | held-out NLL | vs first batch (paired) |")
@@ -66,8 +67,8 @@ def main(argv=None):
         for s in range(args.seeds):
             first = None
             for b in batches:
-                row, _, values = density.evaluate(train(b, s), data,
-                                                  jax.random.key(args.seed + 2), n_samples=0)
+                row, _, values = evaluate(train(b, s), data, jax.random.key(args.seed + 2),
+                                          n_samples=0)
                 first = values if first is None else first
                 diff = first - values  # NLL(this) - NLL(first), per point
                 summary.append((method, b, row["nll"]))

@@ -2,10 +2,11 @@
 
 Run: `.venv/bin/python benchmarks/mcmc.py` (all targets, about an hour on 2 CPU cores);
 `--quick` for a smoke run with small budgets; `--targets gmm2,funnel10` for a subset (names below);
-`--methods nuts,si-mala` for a subset of methods; `--no-write` to print only. The table goes to
-`docs/benchmarks.md` between the markers `<!-- mcmc:start -->` and `<!-- mcmc:end -->` (only that
-region is rewritten; with `--targets`/`--methods` the rows of other targets/methods already there
-are kept).
+`--methods nuts,si-mala` for a subset of methods; `--no-write` to print only. Each row is stored
+in `docs/figures/mcmc/results.json` by target and method id (a run with `--targets`/`--methods`
+replaces only its own rows), and the table of every stored row goes to `docs/benchmarks.md`
+between the markers `<!-- mcmc:start -->` and `<!-- mcmc:end -->` (only that region is
+rewritten).
 
 Targets (all with known answers; `TARGETS` below):
 
@@ -66,6 +67,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_io import write_json, write_text  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+# the table's numbers of every run, {"schema": 1, "rows": {target id: {method id: fields}}}
+STORE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "mcmc" / "results.json"
 START, END = "<!-- mcmc:start -->", "<!-- mcmc:end -->"
 N_CHAINS = 16
 
@@ -369,11 +372,19 @@ def run_neutra(key, target: Target, x0, budget: Budget):
 
 
 METHODS = {
-    "nuts": ("NUTS", run_nuts),
-    "si-mala": ("SIFlow + MALA", run_si("mala")),
-    "si-nuts": ("SIFlow + NUTS", run_si("nuts")),
-    "flowmc": ("flowMC (RQSpline + MALA)", run_flowmc),
-    "neutra": ("NeuTra (AutoBNAFNormal + NUTS)", run_neutra),
+    "nuts": run_nuts,
+    "si-mala": run_si("mala"),
+    "si-nuts": run_si("nuts"),
+    "flowmc": run_flowmc,
+    "neutra": run_neutra,
+}
+# the table's labels of the method ids, in the table's order
+METHOD_LABELS = {
+    "nuts": "NUTS",
+    "si-mala": "SIFlow + MALA",
+    "si-nuts": "SIFlow + NUTS",
+    "flowmc": "flowMC (RQSpline + MALA)",
+    "neutra": "NeuTra (AutoBNAFNormal + NUTS)",
 }
 
 
@@ -415,15 +426,37 @@ HEADER = (
 )
 
 
-def row(target_name, method_name, result) -> str:
-    per_eval = 1000 * result["ess"] / result["evals"] if result["evals"] else float("nan")
+def table_fields(result) -> dict:
+    """The numbers a scored run contributes to the table (None where not applicable)."""
+    fields = {
+        "weight_error": result["weight error"], "m1_error": result["m1 error"],
+        "m2_error": result["m2 error"], "ess": result["ess"],
+        "ess_per_1000_evals": 1000 * result["ess"] / result["evals"] if result["evals"] else None,
+        "ess_per_s": result["ess"] / result["seconds"], "seconds": result["seconds"],
+        "global_acc": result.get("global acc"),
+    }
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in fields.items()}
+
+
+def row(target: str, method: str, fields: dict) -> str:
+    """A table row of target and method ids from their stored `table_fields`."""
     return (
-        f"| {target_name} | {method_name} | {fmt(result['weight error'], '.3f')} |"
-        f" {fmt(result['m1 error'], '.3f')} | {fmt(result['m2 error'], '.3f')} |"
-        f" {fmt(result['ess'], '.0f')} | {fmt(per_eval, '.2f')} |"
-        f" {fmt(result['ess'] / result['seconds'], '.2f')} | {result['seconds']:.0f} |"
-        f" {fmt(result.get('global acc'), '.2f')} |"
+        f"| {target} | {METHOD_LABELS[method]} | {fmt(fields['weight_error'], '.3f')} |"
+        f" {fmt(fields['m1_error'], '.3f')} | {fmt(fields['m2_error'], '.3f')} |"
+        f" {fmt(fields['ess'], '.0f')} | {fmt(fields['ess_per_1000_evals'], '.2f')} |"
+        f" {fmt(fields['ess_per_s'], '.2f')} | {fields['seconds']:.0f} |"
+        f" {fmt(fields['global_acc'], '.2f')} |"
     )
+
+
+def read_store() -> dict:
+    return json.loads(STORE.read_text())["rows"] if STORE.exists() else {}
+
+
+def store_row(target: str, method: str, fields: dict) -> None:
+    rows = read_store()
+    rows.setdefault(target, {})[method] = fields
+    write_json(STORE, {"schema": 1, "rows": rows})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -453,18 +486,12 @@ def phi4_reference(key, n_chains=16, n_warmup=1000, n_draws=20_000):
 # ------------------------------------------------------------------------------------------------
 
 
-def write_region(out: Path, rows: list[str], header_lines: list[str]):
+def write_region(out: Path, header_lines: list[str]):
+    """The table of every stored row, under `header_lines`, into `out`'s mcmc region."""
     text = out.read_text() if out.exists() else "# Benchmarks\n"
-    kept = []
     if START in text and END in text:
         old = text[text.index(START) : text.index(END)]
-        new_keys = {tuple(r.split("|")[1:3]) for r in rows}
-        kept = [
-            line for line in old.splitlines()
-            if line.startswith("| ") and not line.startswith(("| target", "| ---"))
-            and tuple(line.split("|")[1:3]) not in new_keys
-        ]
-        # the rows kept come from earlier runs: name every command that produced the table
+        # stored rows come from several runs: name every command that produced the table
         old_commands = re.findall(r"`([^`]*benchmarks/mcmc.py[^`]*)`", old.split("\n\n")[0])
         new_commands = re.findall(r"`([^`]*benchmarks/mcmc.py[^`]*)`", header_lines[0])
         commands = list(dict.fromkeys(old_commands + new_commands))
@@ -474,14 +501,10 @@ def write_region(out: Path, rows: list[str], header_lines: list[str]):
             "Commands (rows from each run): " + ", ".join(f"`{c}`" for c in commands) + ". " + rest,
             *header_lines[1:],
         ]
-    order = {name: i for i, name in enumerate(TARGETS)}
-    methods = [label for label, _ in METHODS.values()]
-
-    def sort_key(line):
-        cells = [c.strip() for c in line.split("|")]
-        return order.get(cells[1], 99), methods.index(cells[2]) if cells[2] in methods else 99
-
-    table = sorted(kept + rows, key=sort_key)
+    stored = read_store()
+    table = [row(target, method, stored[target][method])
+             for target in [*TARGETS, *(t for t in stored if t not in TARGETS)] if target in stored
+             for method in METHOD_LABELS if method in stored[target]]
     region = "\n".join(
         [START, *header_lines, "", HEADER, "| " + " | ".join(["---"] * 10) + " |", *table, END]
     )
@@ -537,33 +560,31 @@ def main(argv=None):
             parser.error(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     budget = QUICK if args.quick else FULL
 
-    rows, raw = [], {}
+    raw = {}
     print(HEADER, flush=True)
     for t_index, name in enumerate(targets):
         target = TARGETS[name]()
         key = jax.random.fold_in(jax.random.key(args.seed), t_index)
         x0 = target.init(jax.random.fold_in(key, 0), N_CHAINS)
         for m_index, method in enumerate(methods):
-            label, runner = METHODS[method]
             tic = time.perf_counter()
             try:
-                samples, evals, extra = runner(jax.random.fold_in(key, m_index + 1), target, x0,
-                                               budget)
+                samples, evals, extra = METHODS[method](jax.random.fold_in(key, m_index + 1),
+                                                        target, x0, budget)
             except Exception as error:  # a failed method is a result too
-                print(f"| {name} | {label} | failed: {type(error).__name__}: {error} |",
+                print(f"| {name} | {method} | failed: {type(error).__name__}: {error} |",
                       flush=True)
                 raw[f"{name}/{method}"] = {"error": repr(error)}
                 continue
             seconds = time.perf_counter() - tic
             result = score(target, samples, evals, seconds) | extra
             raw[f"{name}/{method}"] = result
-            line = row(name, label, result)
-            rows.append(line)
-            print(line, flush=True)
+            print(row(name, method, table_fields(result)), flush=True)
             if extra.get("timing"):
                 print(f"    {name}/{method}: {json.dumps(extra)}", flush=True)
             if not args.no_write:  # after every row, so an interrupted run keeps what it measured
-                write_region(DEFAULT_OUT, rows, header_lines(args, budget))
+                store_row(name, method, table_fields(result))
+                write_region(DEFAULT_OUT, header_lines(args, budget))
 
     if args.json:
         write_json(args.json, raw, default=str)

@@ -10,13 +10,9 @@ then the fraction of 2000 flow draws whose coordinate 0 lies within 3 mode sds o
 
 Run: `.venv/bin/python benchmarks/mode_direction_check.py` (~3 minutes on 2 cores).
 """
-import time
-
 import jax
-import jax.numpy as jnp
 import numpy as np
-
-import numpyro_si as nsi
+from _density_methods import fit_siflow
 
 
 def data(d, spread, n=8000, seed=0):
@@ -34,15 +30,13 @@ def main():
     for d in (2, 8, 64):
         for spread in (False, True):
             x, centre, sd = data(d, spread)
-            tic = time.perf_counter()
-            flow, history = nsi.fit(jax.random.key(2), jnp.asarray(x), standardize=False,
-                                    max_steps=2000, show_progress=False)
-            seconds = time.perf_counter() - tic
+            fit = fit_siflow(jax.random.key(2), x, steps=2000, standardize=False)
+            flow = fit.flow
             draws = np.asarray(jax.jit(lambda k, flow=flow: flow.sample(k, (2000,)))(jax.random.key(5)))
             in_mode = np.mean(np.abs(np.abs(draws[:, 0]) - centre) < 3 * sd)
             label = "spread (+-8, sd 1)" if spread else "whitened (+-1, sd 0.05)"
-            print(f"| {d} | {label} | {in_mode:.3f} | {history['val_loss'][-1]:.3f} |"
-                  f" {seconds:.0f} |", flush=True)
+            print(f"| {d} | {label} | {in_mode:.3f} | {fit.final_val_loss:.3f} |"
+                  f" {fit.wall:.0f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,9 @@ import jax
 import jax.numpy as jnp
 import mcmc as M
 import numpy as np
+from _density_methods import fit_siflow
 from numpyro.infer import MCMC, NUTS
 
-import numpyro_si as nsi
 from numpyro_si.diagnostics import importance_diagnostics
 from numpyro_si.inference.adaptive import _whitening, whitened_flow
 
@@ -39,11 +39,10 @@ pooled = os.environ.get("POOLED") == "1"
 shift, chol = _whitening(x if pooled else chains.swapaxes(0, 1))
 w = np.linalg.solve(chol, (x - shift).T).T
 for steps in [int(s) for s in sys.argv[1].split(",")]:
-    tic = time.time()
-    fw, h = nsi.fit(jax.random.key(2), jnp.asarray(w, jnp.float32), standardize=False, max_steps=steps,
-                    learning_rate=float(sys.argv[2]) if len(sys.argv) > 2 else 2e-3, show_progress=False)
-    flow = whitened_flow(fw, shift, chol)
-    t_fit = time.time() - tic
+    fit = fit_siflow(jax.random.key(2), jnp.asarray(w, jnp.float32), steps=steps, standardize=False,
+                     learning_rate=float(sys.argv[2]) if len(sys.argv) > 2 else 2e-3)
+    flow = whitened_flow(fit.flow, shift, chol)
+    t_fit = fit.wall
     tic = time.time()
     d = importance_diagnostics(jax.random.key(3), flow, M.phi4_logdensity, n=256)
     draws = np.asarray(jax.jit(lambda k, flow=flow: flow.sample(k, (1000,)))(jax.random.key(4)))

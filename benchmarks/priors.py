@@ -10,12 +10,13 @@ Methods:
 - `SIFlow latent`: `FlowReparam`: NUTS runs on the flow's base, theta = flow map(z) (adaptive
   solver at the flow's rtol/atol).
 - `SIFlow latent, 8 steps` and `2 steps`: the same with a fixed-step map
-  (`flow.with_sampler(n_steps=8)`, Tsit5): the prior is then the discretised map's push-forward, an
-  exact model of its own prior, and the map is smooth in z (no step-size control inside the
-  gradient). Fewer steps are cheaper; the push-forward column says what they cost in fidelity.
+  (`flow.with_settings(sampler=nsi.ODESampler(n_steps=8))`, Tsit5): the prior is then the
+  discretised map's push-forward, an exact model of its own prior, and the map is smooth in z
+  (no step-size control inside the gradient). Fewer steps are cheaper; the push-forward column
+  says what they cost in fidelity.
 - `SIFlow latent, 2 midpoint steps`: two steps of the explicit midpoint rule
-  (`flow.with_sampler(solver=diffrax.Midpoint(), n_steps=2)`): 4 velocity evaluations per map
-  against ~12 for two Tsit5 steps.
+  (`flow.with_settings(sampler=nsi.ODESampler(diffrax.Midpoint(), n_steps=2))`): 4 velocity
+  evaluations per map against ~12 for two Tsit5 steps.
 - `flowjax density`: `distribution_to_numpyro(flow)` (its spline inverse and log-det).
 - `flowjax latent`: the same with `TransformReparam` (NUTS on the flowjax base).
 
@@ -62,6 +63,7 @@ import numpyro_si as nsi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_io import write_text  # noqa: E402
+from _density_methods import fit_siflow  # noqa: E402
 
 START, END = "<!-- priors:start -->", "<!-- priors:end -->"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -154,8 +156,20 @@ def fit_flowjax(key, samples, max_epochs):
     return Transformed(flow, Affine(mean, sd)), len(losses["train"])
 
 
+# the table's labels of the method ids of `models`
+LABELS = {
+    "si_density": "SIFlow density",
+    "si_latent": "SIFlow latent",
+    "si_latent_8": "SIFlow latent, 8 steps",
+    "si_latent_2": "SIFlow latent, 2 steps",
+    "si_latent_2_midpoint": "SIFlow latent, 2 midpoint steps",
+    "flowjax_density": "flowjax density",
+    "flowjax_latent": "flowjax latent",
+}
+
+
 def models(likelihood):
-    """The model for each method: (model, how the prior is passed)."""
+    """The model of each method id: (model, the id of the prior it is passed)."""
     from flowjax.experimental.numpyro import distribution_to_numpyro
 
     def si_model(prior):
@@ -168,13 +182,13 @@ def models(likelihood):
 
     latent = {"theta": nsi.FlowReparam()}
     return {
-        "SIFlow density": (si_model, "siflow"),
-        "SIFlow latent": (reparam(si_model, config=latent), "siflow"),
-        "SIFlow latent, 8 steps": (reparam(si_model, config=latent), "siflow8"),
-        "SIFlow latent, 2 steps": (reparam(si_model, config=latent), "siflow2"),
-        "SIFlow latent, 2 midpoint steps": (reparam(si_model, config=latent), "siflow2m"),
-        "flowjax density": (flowjax_model, "flowjax"),
-        "flowjax latent": (reparam(flowjax_model, config={"theta": TransformReparam()}),
+        "si_density": (si_model, "siflow"),
+        "si_latent": (reparam(si_model, config=latent), "siflow"),
+        "si_latent_8": (reparam(si_model, config=latent), "siflow8"),
+        "si_latent_2": (reparam(si_model, config=latent), "siflow2"),
+        "si_latent_2_midpoint": (reparam(si_model, config=latent), "siflow2m"),
+        "flowjax_density": (flowjax_model, "flowjax"),
+        "flowjax_latent": (reparam(flowjax_model, config={"theta": TransformReparam()}),
                            "flowjax"),
     }
 
@@ -262,7 +276,7 @@ def main(argv=None):
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
     n_samples, warmup, samples = (2000, 100, 200) if args.quick else (10_000, 500, 1500)
-    fit_options = dict(max_steps=300) if args.quick else {}
+    fit_options = dict(steps=300) if args.quick else {}
     flowjax_epochs = 3 if args.quick else 100
 
     rows, notes = [], []
@@ -274,23 +288,24 @@ def main(argv=None):
         reference = np.asarray(draw(keys[5], 8000))
         swd_key = jax.random.key(1000 + index)
         floor = sliced_wasserstein(swd_key, reference[:4000], reference[4000:], reference)
-        tic = time.perf_counter()
-        flow, history = nsi.fit(keys[2], prior_samples, show_progress=False, **fit_options)
-        si_time = time.perf_counter() - tic
+        fit = fit_siflow(keys[2], prior_samples, **fit_options)
+        flow = fit.flow
         tic = time.perf_counter()
         flowjax_flow, epochs = fit_flowjax(keys[3], prior_samples, flowjax_epochs)
         fj_time = time.perf_counter() - tic
         si_nll = -float(jnp.mean(jax.jit(lambda f, x: f.log_prob(x))(flow, heldout)))
         fj_nll = -float(jnp.mean(eqx.filter_jit(lambda f, x: f.log_prob(x))(flowjax_flow, heldout)))
         notes.append(
-            f"- {scenario}: {n_samples} prior samples; `nsi.fit` {history['num_steps']} steps in"
-            f" {si_time:.0f} s, held-out NLL {si_nll:.3f}; flowjax {epochs} epochs in"
+            f"- {scenario}: {n_samples} prior samples; `nsi.fit` {fit.steps} steps in"
+            f" {fit.wall:.0f} s, held-out NLL {si_nll:.3f}; flowjax {epochs} epochs in"
             f" {fj_time:.0f} s, held-out NLL {fj_nll:.3f} (2000 held-out samples); prior SWD"
             f" noise floor {floor:.3f}."
         )
-        priors = {"siflow": flow, "siflow8": flow.with_sampler(n_steps=8),
-                  "siflow2": flow.with_sampler(n_steps=2),
-                  "siflow2m": flow.with_sampler(solver=diffrax.Midpoint(), n_steps=2),
+        priors = {"siflow": flow,
+                  "siflow8": flow.with_settings(sampler=nsi.ODESampler(n_steps=8)),
+                  "siflow2": flow.with_settings(sampler=nsi.ODESampler(n_steps=2)),
+                  "siflow2m": flow.with_settings(
+                      sampler=nsi.ODESampler(diffrax.Midpoint(), n_steps=2)),
                   "flowjax": flowjax_flow}
         fidelity = {
             name: sliced_wasserstein(
@@ -299,7 +314,7 @@ def main(argv=None):
             )
             for name, prior in priors.items()
         }
-        for name, (model, prior_name) in models(likelihood).items():
+        for method, (model, prior_name) in models(likelihood).items():
             prior = priors[prior_name]
             result = run_nuts(keys[4], model, prior, warmup, samples)
             cost = gradient_ms(model, prior, result["draws"])
@@ -308,7 +323,7 @@ def main(argv=None):
             mean = ", ".join(f"{m:.2f}" for m in result["theta"].mean(0))
             divergences = f" ({result['divergences']} divergent)" if result["divergences"] else ""
             row = (
-                f"| {scenario} | {name} | {fidelity[prior_name]:.3f} | {cost:.2f} |"
+                f"| {scenario} | {LABELS[method]} | {fidelity[prior_name]:.3f} | {cost:.2f} |"
                 f" {result['gradients']} |"
                 f" {result['ess']:.0f}{divergences} | {per_1000:.1f} | {per_second:.0f} |"
                 f" {result['cpu']:.0f} | {mean} |"

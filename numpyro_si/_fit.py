@@ -89,9 +89,7 @@ def fit(
     )
     samples = prepare_samples(data, context, model.support)
     key_split, key_velocity, key_score, key_train, key_val = jax.random.split(key, 5)
-    train_part, val_part = split_samples(
-        key_split, samples, train_options["validation"].fraction
-    )
+    train_part, val_part = split_samples(key_split, samples, train_options["validation"])
     flow = assemble_flow(key_velocity, key_score, train_part, model)
     val_set = None if val_part is None else flow_space(flow, val_part)
     return train_flow_space((key_train, key_val), flow, flow_space(flow, train_part), val_set,

@@ -90,6 +90,11 @@ class Validation(eqx.Module):
         check_positive_int("Validation.repeats", self.repeats)
         check_positive_int("Validation.every", self.every)
 
+    def held_out(self, n: int) -> int:
+        """How many of `n` samples `train` holds out for validation (none when `fraction` is
+        0); `n - held_out(n)` are trained on."""
+        return int(round(self.fraction * n)) if self.fraction > 0 else 0
+
 
 class EarlyStopping(eqx.Module):
     """When training stops and which parameters it keeps.
@@ -550,14 +555,16 @@ def _support(flow):
     return flow.support if isinstance(flow, ConditionalSIFlow) else None
 
 
-def split_samples(key, samples: _Samples, fraction: float) -> tuple[_Samples, _Samples | None]:
-    """A random validation share `fraction` of the samples (None when it is 0)."""
+def split_samples(
+    key, samples: _Samples, validation: Validation
+) -> tuple[_Samples, _Samples | None]:
+    """A random validation share of the samples (`validation.held_out`; None when it is 0)."""
     n = samples.x.shape[0]
-    n_val = int(round(fraction * n)) if fraction > 0 else 0
-    if fraction > 0 and (n_val < 1 or n - n_val < 1):
+    n_val = validation.held_out(n)
+    if validation.fraction > 0 and (n_val < 1 or n - n_val < 1):
         raise ValueError(
             f"{n} sample(s) cannot be split into training and validation sets with"
-            f" fraction {fraction}; give more data or Validation(fraction=0)."
+            f" fraction {validation.fraction}; give more data or Validation(fraction=0)."
         )
     perm = jax.random.permutation(key, n)
 
@@ -627,7 +634,7 @@ def train(
     key_split, key_train, key_val = jax.random.split(key, 3)
     samples = prepare_samples(data, context, _support(flow))
     if val_data is None:
-        samples, held_out = split_samples(key_split, samples, options["validation"].fraction)
+        samples, held_out = split_samples(key_split, samples, options["validation"])
     else:
         val_x, val_context = val_data if conditional else (val_data, None)
         held_out = prepare_samples(val_x, val_context, _support(flow))

@@ -1,11 +1,11 @@
-"""Smoke tests of the density benchmark's data loaders (benchmarks/_density_data.py).
-
-They need the `bench` extra (scikit-learn, pandas, sbibm's files); each skips without it.
-"""
+"""Tests of the density benchmark: its data loaders (benchmarks/_density_data.py; the sbibm and
+scikit-learn sets need the `bench` extra and skip without it), budget calibration, result
+stores, verdicts and the rendered docs."""
 
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -91,50 +91,88 @@ def test_flowjax_patience_follows_fits_rule():
     assert flowjax_patience(300, 10) == 2000  # one step per epoch on tiny data
 
 
+def _report(tmp_path, monkeypatch):
+    """The renderer, with the stores' side files in `tmp_path`."""
+    import _density_store
+    import density_report
+
+    monkeypatch.setattr(_density_store, "FIGURES", tmp_path)
+    return density_report, _density_store
+
+
 def test_nll_verdict_is_paired_only_on_the_rows_stored_values(tmp_path, monkeypatch):
-    density = pytest.importorskip("density")
-    monkeypatch.setattr(density, "FIGURES", tmp_path)
+    report, store = _report(tmp_path, monkeypatch)
     rng = np.random.default_rng(0)
     # two methods whose log densities share a large per-point component: the paired s.e. of
     # the difference is far below the unpaired one
     shared = rng.normal(size=4000) * 2.0
     a, b = shared + 0.01 * rng.normal(size=4000), shared + 0.02 + 0.01 * rng.normal(size=4000)
     row = {"method": "numpyro_si", "nll": float(-a.mean()), "nll_se": standard_error(a)}
-    best = {"method": "flowjax MAF", "nll": float(-b.mean()), "nll_se": standard_error(b)}
+    best = {"method": "flowjax_maf", "nll": float(-b.mean()), "nll_se": standard_error(b)}
     unpaired = math.hypot(row["nll_se"], best["nll_se"])
     # nothing stored: the conservative s.e.
-    assert density.nll_verdict(row, best, "toy") == ("within 2 s.e.", pytest.approx(0.02, abs=1e-3),
-                                                     unpaired)
-    density.save_heldout("toy", {"numpyro_si": a})
-    density.save_heldout("toy", {"flowjax MAF": b})  # a second run's method is added, not lost
+    assert report.nll_comparison(row, best, "toy") == (
+        "within 2 s.e.", pytest.approx(0.02, abs=1e-3), unpaired, False)
+    store.save_heldout("toy", {"numpyro_si": a})
+    store.save_heldout("toy", {"flowjax_maf": b})  # a second run's method is added, not lost
     assert not list(tmp_path.glob("*.tmp"))
-    verdict, diff, se = density.nll_verdict(row, best, "toy")
-    assert se == pytest.approx(standard_error(a - b), rel=1e-4) and se < unpaired / 10
+    verdict, diff, se, paired = report.nll_comparison(row, best, "toy")
+    assert paired and se == pytest.approx(standard_error(a - b), rel=1e-4) and se < unpaired / 10
     assert verdict == "**no**" and diff == pytest.approx(row["nll"] - best["nll"])
     # values that are not the row's (a later run replaced the row but not its values): unpaired
-    assert density.paired_se("toy", dict(row, nll=row["nll"] + 0.1), best) is None
-    assert density.nll_verdict(row, best, None)[2] == unpaired
+    assert report.paired_se("toy", dict(row, nll=row["nll"] + 0.1), best) is None
+    assert report.nll_comparison(row, best, None)[2:] == (unpaired, False)
 
 
-def test_study_store_keeps_rows_not_rerun_and_lists_commands(tmp_path):
-    density = pytest.importorskip("density")
+def test_stores_keep_what_a_run_did_not_redo_and_list_commands(tmp_path):
+    from _density_store import merge_configs, merge_curve, read_results, write_results
+
+    # budget curve: rows keyed by budget and series (method, flowjax patience protocol)
     path = tmp_path / "curves.json"
-    key, order = (lambda r: (r["budget"], r["method"])), (lambda r: r["budget"])
-    first = [{"budget": 40, "method": "a", "nll": 1.0}, {"budget": 120, "method": "a", "nll": 0.9}]
-    density._merge_study(path, "toy", first, "cmd 1", row_key=key, sort_key=order, entropy=0.5)
-    entry = density._merge_study(path, "toy", [{"budget": 40, "method": "a", "nll": 0.8}], "cmd 2",
-                                 row_key=key, sort_key=order, entropy=0.5)
-    assert [r["nll"] for r in entry["rows"]] == [0.8, 0.9]  # the re-run row replaced, the other kept
+    first = [{"budget": 40, "method": "numpyro_si", "nll": 1.0},
+             {"budget": 40, "method": "flowjax_maf", "patience_fraction": 0.2, "nll": 1.1},
+             {"budget": 120, "method": "numpyro_si", "nll": 0.9}]
+    merge_curve(path, "toy", first, "cmd 1", dataset="toy", entropy=0.5)
+    entry = merge_curve(path, "toy", [{"budget": 40, "method": "numpyro_si", "nll": 0.8},
+                                      {"budget": 40, "method": "flowjax_maf", "nll": 1.2}],
+                        "cmd 2", dataset="toy", entropy=0.5)
+    # the re-run row replaced, the others kept; another patience protocol is another series
+    assert sorted((r["budget"], r["method"], r["nll"]) for r in entry["rows"]) == [
+        (40, "flowjax_maf", 1.1), (40, "flowjax_maf", 1.2), (40, "numpyro_si", 0.8),
+        (120, "numpyro_si", 0.9)]
     assert entry["commands"] == ["cmd 1", "cmd 2"] and entry["entropy"] == 0.5
-    assert json.loads(path.read_text())["toy"] == entry and not list(tmp_path.glob("*.tmp"))
+    stored = json.loads(path.read_text())
+    assert stored["schema"] == 2 and stored["curves"]["toy"] == entry
     # a --quick run reports its rows but writes nothing
-    quick = density._merge_study(path, "toy", [], "cmd 3", row_key=key, sort_key=order, write=False)
-    assert quick["rows"] == [] and json.loads(path.read_text())["toy"] == entry
+    quick = merge_curve(path, "toy", [], "cmd 3", write=False, dataset="toy")
+    assert quick["rows"] == [] and json.loads(path.read_text())["curves"]["toy"] == entry
+    # configurations: keyed by id, in the study's order; ids no longer in the study dropped
+    path = tmp_path / "configs.json"
+    merge_configs(path, "toy", {"b": {"nll": 2.0}, "gone": {"nll": 0.0}}, "cmd 1",
+                  known=["a", "b", "gone"])
+    entry = merge_configs(path, "toy", {"a": {"nll": 1.0}}, "cmd 2", known=["a", "b"])
+    assert list(entry["configs"]) == ["a", "b"] and entry["commands"] == ["cmd 1", "cmd 2"]
+    # results: a run with other --methods keeps the stored methods of the data set
+    path = tmp_path / "results.json"
+    meta = {"machine": "m", "budgets": "2d 40", "clock": "cpu", "quick": False, "code": "c"}
+    run = {"meta": dict(meta, commands=["cmd 1"]), "throughput": {},
+           "datasets": {"toy": {"dim": 2, "methods": {"numpyro_si": {"nll": 1.0},
+                                                      "bnaf": {"nll": 2.0}}}}, "solver": {}}
+    write_results(path, run, datasets=["toy"], solver=[], throughput=[])
+    run["datasets"]["toy"]["methods"] = {"bnaf": {"nll": 1.5}}
+    run["meta"]["commands"] = ["cmd 2"]
+    write_results(path, run, datasets=["toy"], solver=[], throughput=[])
+    stored = read_results(path)
+    assert stored["datasets"]["toy"]["methods"] == {"numpyro_si": {"nll": 1.0}, "bnaf": {"nll": 1.5}}
+    assert stored["meta"]["commands"] == ["cmd 1", "cmd 2"]
+    # a store of another schema is refused rather than misread
+    path.write_text(json.dumps({"datasets": {}}))
+    with pytest.raises(SystemExit, match="schema"):
+        read_results(path)
 
 
 def test_verdict_over_training_keys_adds_the_between_key_noise(tmp_path, monkeypatch):
-    density = pytest.importorskip("density")
-    monkeypatch.setattr(density, "FIGURES", tmp_path)
+    report, store = _report(tmp_path, monkeypatch)
     rng = np.random.default_rng(1)
     shared = rng.normal(size=4000) * 2.0
     # three keys per method: per-point log densities of each fit, the fits' NLLs spread by
@@ -147,35 +185,83 @@ def test_verdict_over_training_keys_adds_the_between_key_noise(tmp_path, monkeyp
                 "nll_se": standard_error(fits[0]),
                 "nll_keys": [float(-f.mean()) for f in fits]}
 
-    a, b = row("numpyro_si", fits_a), row("flowjax MAF", fits_b)
-    assert density.key_nll(a) == pytest.approx(np.mean(a["nll_keys"]))
-    assert density.between_key_se(a) == pytest.approx(0.03 / math.sqrt(3), rel=0.02)
+    a, b = row("numpyro_si", fits_a), row("flowjax_maf", fits_b)
+    assert report.key_nll(a) == pytest.approx(np.mean(a["nll_keys"]))
+    assert report.between_key_se(a) == pytest.approx(0.03 / math.sqrt(3), rel=0.02)
     mean_a, mean_b = np.mean(fits_a, 0), np.mean(fits_b, 0)
-    density.save_heldout("toy", {"numpyro_si": fits_a[0], "flowjax MAF": fits_b[0],
-                                 "numpyro_si" + density.KEY_MEAN: mean_a,
-                                 "flowjax MAF" + density.KEY_MEAN: mean_b})
-    verdict, diff, se, paired = density._nll_comparison(a, b, "toy")
+    store.save_heldout("toy", {"numpyro_si": fits_a[0], "flowjax_maf": fits_b[0],
+                               "numpyro_si" + store.KEY_MEAN: mean_a,
+                               "flowjax_maf" + store.KEY_MEAN: mean_b})
+    verdict, diff, se, paired = report.nll_comparison(a, b, "toy")
     assert paired and diff == pytest.approx(-mean_a.mean() + mean_b.mean(), abs=1e-5)
-    expected = math.sqrt(standard_error(mean_a - mean_b) ** 2 + density.between_key_se(a) ** 2
-                         + density.between_key_se(b) ** 2)
+    expected = math.sqrt(standard_error(mean_a - mean_b) ** 2 + report.between_key_se(a) ** 2
+                         + report.between_key_se(b) ** 2)
     assert se == pytest.approx(expected, rel=1e-3)
     # the first keys alone: a 0.02-nat loss with a tiny paired s.e., "no"; over keys the
     # loss is as large but its s.e. carries the training noise, and it is within 2 s.e.
-    first_keys = density._nll_comparison({k: v for k, v in a.items() if k != "nll_keys"},
-                                         {k: v for k, v in b.items() if k != "nll_keys"}, "toy")
+    first_keys = report.nll_comparison({k: v for k, v in a.items() if k != "nll_keys"},
+                                       {k: v for k, v in b.items() if k != "nll_keys"}, "toy")
     assert first_keys[0] == "**no**" and first_keys[2] < se / 10
     assert verdict == "within 2 s.e." and diff == pytest.approx(0.02, abs=2e-3)
     # a row with one key against a row with several: that row's key mean, the other's one fit
     single = {k: v for k, v in a.items() if k != "nll_keys"}
-    verdict, diff, se, paired = density._nll_comparison(single, b, "toy")
-    assert paired and diff == pytest.approx(a["nll"] - density.key_nll(b), abs=1e-5)
+    verdict, diff, se, paired = report.nll_comparison(single, b, "toy")
+    assert paired and diff == pytest.approx(a["nll"] - report.key_nll(b), abs=1e-5)
     # the goal table's cell: key mean and spread, and the keys' training CPU seconds if stored
-    assert density._key_cell(single) == f"{a['nll']:.3f}"
-    assert density._key_cell(a).endswith("s.d. 0.030)") and "CPU" not in density._key_cell(a)
+    assert report._key_cell(single) == f"{a['nll']:.3f}"
+    assert report._key_cell(a).endswith("s.d. 0.030)") and "CPU" not in report._key_cell(a)
     a["train_cpu_keys"] = [40.2, 23.9, 31.0]
-    assert density._key_cell(a).endswith("s.d. 0.030; training 24-40 CPU s)")
+    assert report._key_cell(a).endswith("s.d. 0.030; training 24-40 CPU s)")
     a["train_cpu_keys"] = [40.2, 39.9, 40.4]
-    assert density._key_cell(a).endswith("s.d. 0.030; training 40 CPU s)")
+    assert report._key_cell(a).endswith("s.d. 0.030; training 40 CPU s)")
+
+
+def test_every_measured_id_has_a_label_and_the_cli_takes_ids_only():
+    import density
+    import density_report as report
+    from _density_methods import METHODS
+    from _density_studies import CONFIG_STUDY, SOLVER_VARIANTS
+
+    assert set(METHODS) <= set(report.METHOD_LABELS)
+    assert set(report.GOAL_METHODS + report.GOAL_REFERENCES) <= set(METHODS)
+    assert list(SOLVER_VARIANTS) == list(report.VARIANT_LABELS)
+    assert report.DEFAULT_VARIANT == next(iter(SOLVER_VARIANTS))
+    assert report.CHECKED_VARIANT in SOLVER_VARIANTS
+    assert list(CONFIG_STUDY) == list(report.CONFIG_LABELS)
+    assert report.REFERENCE_CONFIG in CONFIG_STUDY
+    # the defaults section's template names configurations by id: every one must exist
+    templates = report.load_templates()
+    named = set(re.findall(r"\{delta\[([^\]]+)\]\}", templates["defaults"]))
+    assert named and named <= set(CONFIG_STUDY)
+    args = density.parse_args(["--methods", "numpyro_si_tuned,bnaf", "--configs",
+                               "lin_lr5e-3_w64d6", "--curve-methods", "flowjax_maf"])
+    assert args.methods == ["numpyro_si_tuned", "bnaf"] and args.configs == ["lin_lr5e-3_w64d6"]
+    for option, label in (("--methods", "numpyro_si tuned"), ("--seed-methods", "flowjax MAF"),
+                          ("--configs", "reference"), ("--datasets", "moons")):
+        with pytest.raises(SystemExit):
+            density.parse_args([option, label])
+
+
+def test_docs_are_the_stored_results_rendered_with_labels():
+    """docs/benchmarks.md's density section is what the stored results render to (run
+    `benchmarks/density_report.py` after changing them), and its tables show labels, not ids."""
+    import density_report as report
+    from _density_store import DOCS, load_all
+
+    results = load_all()
+    for entry in results["datasets"].values():
+        assert set(entry["methods"]) <= set(report.METHOD_LABELS)
+    for entry in results["solver"].values():
+        assert set(entry["variants"]) <= set(report.VARIANT_LABELS)
+    for entry in results["configs"].values():
+        assert set(entry["configs"]) <= set(report.CONFIG_LABELS)
+    for entry in results["curves"].values():
+        assert {r["method"] for r in entry["rows"]} <= set(report.METHOD_LABELS)
+    section = report.render(results)
+    assert section in DOCS.read_text()
+    tables = [line for line in section.splitlines() if line.startswith("|")]
+    assert tables and not any(i in line for line in tables
+                              for i in ("numpyro_si_tuned", "flowjax_maf", "tsit5_", "lin_lr"))
 
 
 def test_atomic_writes_leave_the_previous_file_when_a_write_fails(tmp_path):
