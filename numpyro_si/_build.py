@@ -39,20 +39,22 @@ class _Samples(NamedTuple):
 
 
 def prepare_samples(
-    data: ArrayLike, context: ArrayLike | None, support: constraints.Constraint | None
+    data: ArrayLike, context: ArrayLike | None, support: constraints.Constraint | None,
+    name: str = "data",
 ) -> _Samples:
     """`data` mapped to the unconstrained space of `support` and checked; `context` checked, one
-    row per sample, in the data's dtype."""
+    row per sample, in the data's dtype. Errors call them `name` and `{name}`'s context."""
     if not is_unconstrained(support):
-        data = to_unconstrained(data, support)[0]
-    x = check_data(data)
+        data = to_unconstrained(data, support, name=name)[0]
+    x = check_data(data, name)
     if context is None:
         return _Samples(x, None)
-    context = check_data(context, "context")
+    context_name = "context" if name == "data" else f"{name}'s context"
+    context = check_data(context, context_name)
     if context.shape[0] != x.shape[0]:
         raise ValueError(
-            f"context has {context.shape[0]} row(s) but data has {x.shape[0]}; give one context"
-            " row per sample."
+            f"{context_name} has {context.shape[0]} row(s) but {name} has {x.shape[0]}; give one"
+            " context row per sample."
         )
     return _Samples(x, context.astype(x.dtype))
 

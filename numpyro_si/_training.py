@@ -190,6 +190,7 @@ def plan_steps(
     n_train = check_positive_int("n_train", n_train)
     batch_size = min(check_positive_int("batch_size", batch_size), n_train)
     num_steps = check_positive_int("num_steps", num_steps)
+    validate_every = check_positive_int("validate_every", validate_every)
     steps_per_epoch = max(n_train // batch_size, 1)
     if max_epochs is not None:
         num_steps = min(num_steps, check_positive_int("max_epochs", max_epochs) * steps_per_epoch)
@@ -536,14 +537,17 @@ def check_train_options(options: dict, where: str) -> dict:
     return options
 
 
-def flow_space(flow: AbstractFlow, samples: _Samples) -> tuple[Array, Array | None]:
+def flow_space(
+    flow: AbstractFlow, samples: _Samples, name: str = "data"
+) -> tuple[Array, Array | None]:
     """Checked unconstrained samples mapped to the fields' space: `(x, context)`."""
     x, context = samples
-    check_data(x, "data", dim=flow.dim)
+    check_data(x, name, dim=flow.dim)
     if flow.standardization is not None:
         x = flow.standardization.forward(x)
     if context is not None:
-        check_data(context, "context", dim=flow.context_dim)
+        check_data(context, "context" if name == "data" else f"{name}'s context",
+                   dim=flow.context_dim)
         if flow.context_standardization is not None:
             context = flow.context_standardization.forward(context)
     return x, context
@@ -637,7 +641,7 @@ def train(
         samples, held_out = split_samples(key_split, samples, options["validation"])
     else:
         val_x, val_context = val_data if conditional else (val_data, None)
-        held_out = prepare_samples(val_x, val_context, _support(flow))
-    val_set = None if held_out is None else flow_space(flow, held_out)
+        held_out = prepare_samples(val_x, val_context, _support(flow), name="val_data")
+    val_set = None if held_out is None else flow_space(flow, held_out, name="val_data")
     return train_flow_space((key_train, key_val), flow, flow_space(flow, samples), val_set,
                             options)
