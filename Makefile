@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-bench demo test test-all lint bench clean
+.PHONY: install install-bench demo test test-all test-min lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: install
 
 test-all: install
 	$(PY) -m pytest -q -n 2 -m ""
+
+# Fresh .venv-min on the dependency floors of pyproject.toml (.ci/min-constraints.txt): smoke check
+# and a fast test subset.
+test-min:
+	bash .ci/test-min
 
 lint: install
 	$(VENV)/bin/ruff check .

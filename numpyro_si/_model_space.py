@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpyro
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float
 from numpyro.infer.util import constrain_fn, get_transforms, initialize_model
@@ -41,18 +42,27 @@ def unconstrained_draws(
             f" {type(samples).__name__}."
         )
 
+    missing = sorted(set(_latent_sites(model, model_args, model_kwargs)) - set(samples))
+    if missing:  # checked first: the model cannot run with a latent site unset
+        raise ValueError(
+            f"samples lack the latent site(s) {missing}; they have {sorted(samples)}."
+        )
+
     def one(params):
         transforms = get_transforms(model, model_args, model_kwargs, params)
-        missing = set(transforms) - set(params)
-        if missing:
-            raise ValueError(
-                f"samples lack the latent site(s) {sorted(missing)}; they have {sorted(params)}."
-            )
         # only latent sites, in the order `ravel_pytree` gives the unconstrained dict `z`
         unconstrained = {name: transforms[name].inv(params[name]) for name in transforms}
         return ravel_pytree(unconstrained)[0]
 
     return jax.vmap(one)({name: jnp.asarray(value) for name, value in samples.items()})
+
+
+def _latent_sites(model, model_args, model_kwargs) -> list[str]:
+    """The names of the model's latent (unobserved) sample sites, from one seeded run."""
+    with numpyro.handlers.seed(rng_seed=0):
+        trace = numpyro.handlers.trace(model).get_trace(*model_args, **model_kwargs)
+    return [name for name, site in trace.items()
+            if site["type"] == "sample" and not site["is_observed"]]
 
 
 class ModelLogDensity:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import lineax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from ._checks import check_positive_int, check_real
+from ._checks import check_positive_int, check_real, reject_unknown
 from ._dynamics import AbstractEps, ConstantEps, Fields, as_eps
 
 
@@ -184,52 +184,54 @@ class SolverSettings(eqx.Module):
 
     **Arguments:**
 
-    - `sampler`: how `sample` draws: `ODESampler()` (default, the probability-flow ODE) or
-      `SDESampler(eps, n_steps)` (the SDE family, docs/math.md section 3).
+    - `sampler`: how `sample` draws: `"ode"` / `ODESampler()` (default, the probability-flow
+      ODE) or `"sde"` / `SDESampler(eps, n_steps)` (the SDE family, docs/math.md section 3).
     - `likelihood`: how `log_prob` solves the ODE backward: `ODELikelihood()` (default: Tsit5,
       adaptive) or a fixed-step one.
-    - `divergence`: `ExactDivergence()` (default, the trace of the Jacobian) or
-      `HutchinsonDivergence(key)` (a random estimate).
+    - `divergence`: `"exact"` / `ExactDivergence()` (default, the trace of the Jacobian) or
+      `"hutchinson"` / `HutchinsonDivergence(key)` (a random estimate).
     - `rtol`, `atol`: tolerances of every adaptive solve (sampling and likelihood), positive.
+    - `eps`: with `sampler="sde"`, its noise level (default 1).
 
     Change them on a flow with `flow.with_settings(...)`.
     """
 
-    sampler: AbstractSampler = ODESampler()
-    likelihood: ODELikelihood = ODELikelihood()
-    divergence: AbstractDivergence = ExactDivergence()
-    rtol: float = eqx.field(default=1e-5, static=True)
-    atol: float = eqx.field(default=1e-5, static=True)
+    sampler: AbstractSampler
+    likelihood: ODELikelihood
+    divergence: AbstractDivergence
+    rtol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+
+    def __init__(
+        self, sampler: str | AbstractSampler = "ode", likelihood: ODELikelihood | None = None,
+        divergence: str | AbstractDivergence = "exact", rtol: float = 1e-5, atol: float = 1e-5,
+        *, eps: float | Callable | AbstractEps | None = None,
+    ):
+        self.sampler = _as_sampler(sampler, eps)
+        self.likelihood = ODELikelihood() if likelihood is None else likelihood
+        self.divergence = _as_divergence(divergence)
+        self.rtol = check_real("rtol", rtol, low=0.0, low_open=True)
+        self.atol = check_real("atol", atol, low=0.0, low_open=True)
 
     def __check_init__(self):
-        for name, kind in (("sampler", AbstractSampler), ("likelihood", ODELikelihood),
-                           ("divergence", AbstractDivergence)):
-            if not isinstance(getattr(self, name), kind):
-                raise TypeError(
-                    f"{name} must be a numpyro_si {kind.__name__}, got {getattr(self, name)!r}."
-                )
-        for name in ("rtol", "atol"):
-            check_real(name, getattr(self, name), low=0.0, low_open=True)
+        if not isinstance(self.likelihood, ODELikelihood):
+            raise TypeError(
+                f"likelihood must be a numpyro_si ODELikelihood, got {self.likelihood!r}."
+            )
 
-    def replace(
-        self, *, sampler: str | AbstractSampler | None = None, eps=None,
-        likelihood: ODELikelihood | None = None,
-        divergence: str | AbstractDivergence | None = None, rtol: float | None = None,
-        atol: float | None = None,
-    ) -> SolverSettings:
-        """A copy with the given settings changed.
+    def replace(self, **changes) -> SolverSettings:
+        """A copy with the given settings changed (the constructor's arguments; `None` leaves a
+        setting as it is).
 
         `sampler` may be `"ode"` or `"sde"` (with `eps`, default 1); `eps` alone changes the noise
         level of an SDE sampler; `divergence` may be `"exact"` or `"hutchinson"`.
         """
-        return SolverSettings(
-            sampler=self.sampler if sampler is None and eps is None
-            else _as_sampler(self.sampler if sampler is None else sampler, eps),
-            likelihood=self.likelihood if likelihood is None else likelihood,
-            divergence=self.divergence if divergence is None else _as_divergence(divergence),
-            rtol=self.rtol if rtol is None else float(rtol),
-            atol=self.atol if atol is None else float(atol),
-        )
+        changes = {name: value for name, value in changes.items() if value is not None}
+        unknown = {name: value for name, value in changes.items() if name not in _SETTINGS}
+        reject_unknown(unknown, "SolverSettings", RENAMED_SETTINGS, known=_SETTINGS)
+        current = dict(sampler=self.sampler, likelihood=self.likelihood,
+                       divergence=self.divergence, rtol=self.rtol, atol=self.atol)
+        return SolverSettings(**(current | changes))
 
     def check_fields(self, fields: Fields) -> None:
         """Raise if these settings need something the fields lack (an SDE sampler needs a score)."""
@@ -238,6 +240,20 @@ class SolverSettings(eqx.Module):
                 "SDE sampling needs the score: give `score=` (or fit with a score), or use a"
                 " one-sided interpolant, whose score follows from the velocity."
             )
+
+
+_SETTINGS = ("sampler", "eps", "likelihood", "divergence", "rtol", "atol")
+
+#: Solver options of earlier versions that now live inside the settings' objects.
+RENAMED_SETTINGS = {
+    "n_steps": "a field of the sampler or likelihood object: sampler=nsi.ODESampler(n_steps=...)"
+               " or nsi.SDESampler(eps, n_steps=...), likelihood=nsi.ODELikelihood(n_steps=...)",
+    "max_steps": "a field of the sampler or likelihood object, e.g."
+                 " likelihood=nsi.ODELikelihood(max_steps=...)",
+    "solver": "a field of the sampler or likelihood object, e.g."
+              " sampler=nsi.ODESampler(diffrax.Midpoint(), n_steps=2)",
+    "likelihood_solver": "likelihood=nsi.ODELikelihood(...)",
+}
 
 
 def _as_sampler(sampler, eps) -> AbstractSampler:
@@ -249,6 +265,10 @@ def _as_sampler(sampler, eps) -> AbstractSampler:
                 "eps is the noise level of SDE sampling; pass sampler='sde' (or an SDESampler)."
             )
         return sampler
+    if not isinstance(sampler, str):
+        raise TypeError(
+            f"sampler must be 'ode', 'sde' or a numpyro_si sampler object, got {sampler!r}."
+        )
     if sampler == "ode":
         if eps is not None:
             raise ValueError("eps is an SDE option; use sampler='sde'.")
@@ -261,6 +281,11 @@ def _as_sampler(sampler, eps) -> AbstractSampler:
 def _as_divergence(divergence) -> AbstractDivergence:
     if isinstance(divergence, AbstractDivergence):
         return divergence
+    if not isinstance(divergence, str):
+        raise TypeError(
+            "divergence must be 'exact', 'hutchinson' or an AbstractDivergence, got"
+            f" {divergence!r}."
+        )
     if divergence == "exact":
         return ExactDivergence()
     if divergence == "hutchinson":

@@ -20,15 +20,17 @@ from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
 
 MEAN = np.array([0.3, -0.5, 0.2])
 COV = np.array([[0.5, 0.2, 0.0], [0.2, 0.3, 0.05], [0.0, 0.05, 0.4]])
-ACCURATE = dict(rtol=1e-10, atol=1e-10, likelihood_solver=nsi.ODESampler(diffrax.Dopri8()))
-FAST = dict(likelihood_solver=nsi.ODESampler(n_steps=16), sampler=nsi.ODESampler(n_steps=16))
+ACCURATE = nsi.SolverSettings(rtol=1e-10, atol=1e-10,
+                              likelihood=nsi.ODELikelihood(diffrax.Dopri8()))
+FAST = nsi.SolverSettings(likelihood=nsi.ODELikelihood(n_steps=16),
+                          sampler=nsi.ODESampler(n_steps=16))
 
 
-def gaussian_flow(dim, **options):
+def gaussian_flow(dim, settings=None):
     """An SIFlow whose density is exactly N(MEAN[:dim], COV[:dim, :dim]) (oracle velocity)."""
     target = GaussianMixture(np.ones(1), MEAN[None, :dim], COV[None, :dim, :dim])
     oracle = GaussianMixtureOracle(nsi.OneSidedLinearInterpolant(), target)
-    return nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=dim, **options)
+    return nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=dim, settings=settings)
 
 
 @jax.jit
@@ -79,7 +81,7 @@ SLOW_CLOSED_FORMS = {
 )
 def test_log_prob_matches_closed_form(name, x64):
     support, x, exact = {**CLOSED_FORMS, **SLOW_CLOSED_FORMS}[name]
-    flow = nsi.ConstrainedSIFlow(gaussian_flow(2, **ACCURATE), support)
+    flow = nsi.ConstrainedSIFlow(gaussian_flow(2, ACCURATE), support)
     assert flow.event_shape == (2,) and flow.batch_shape == ()
     assert flow.support == constraints.independent(support, 1) or name == "scaled-logit-normal"
     np.testing.assert_allclose(log_prob(flow, jnp.asarray(x)), exact(x), rtol=0, atol=1e-8)
@@ -100,7 +102,7 @@ def test_log_prob_matches_closed_form(name, x64):
 def test_log_prob_of_vector_and_matrix_supports(support, x, x64):
     """Supports whose bijection mixes coordinates: the Gaussian pushed through biject_to(support)
     by NumPyro itself is the reference."""
-    flow = nsi.ConstrainedSIFlow(gaussian_flow(3, **ACCURATE), support)
+    flow = nsi.ConstrainedSIFlow(gaussian_flow(3, ACCURATE), support)
     reference = dist.TransformedDistribution(
         dist.MultivariateNormal(MEAN, COV), biject_to(support)
     )
@@ -115,7 +117,7 @@ def test_pytree_sample_and_maps():
     """Through jax.jit as an argument; samples inside the support; push_forward / pull_back
     invert each other; interval bounds are leaves, so flows with other bounds share a trace."""
     support = constraints.interval(jnp.array([0.0, -1.0]), jnp.array([1.0, 4.0]))
-    flow = nsi.ConstrainedSIFlow(gaussian_flow(2, **FAST), support)
+    flow = nsi.ConstrainedSIFlow(gaussian_flow(2, FAST), support)
     x = jax.jit(lambda f, k: f.sample(k, (50,)))(flow, jax.random.key(0))
     assert x.shape == (50, 2)
     assert bool(jnp.all(flow.support.check(x)))
@@ -132,7 +134,8 @@ def test_pytree_sample_and_maps():
 # fit(support=...)
 # ----------------------------------------------------------------------------------------------
 
-SMALL = dict(width=16, depth=2, max_steps=60, batch_size=100, val_prop=0.0, show_progress=False)
+SMALL = dict(network=nsi.FieldMLPSpec(width=16, depth=2), num_steps=60, batch_size=100,
+             validation=nsi.Validation(fraction=0.0), show_progress=False)
 
 
 def test_fit_with_support_fits_the_unconstrained_draws():
@@ -141,7 +144,7 @@ def test_fit_with_support_fits_the_unconstrained_draws():
     data = jnp.exp(jnp.array([1.0, -2.0]) + 0.5 * jax.random.normal(jax.random.key(0), (400, 2)))
     flow, history = nsi.fit(jax.random.key(1), data, support=constraints.positive, **SMALL)
     plain, _ = nsi.fit(jax.random.key(1), jnp.log(data), **SMALL)
-    assert isinstance(flow, nsi.ConstrainedSIFlow) and history["num_steps"] > 0
+    assert isinstance(flow, nsi.ConstrainedSIFlow) and history.num_steps == 60
     assert flow.support == constraints.independent(constraints.positive, 1)
     for a, b in zip(jax.tree.leaves(flow.flow), jax.tree.leaves(plain), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -189,7 +192,7 @@ def test_fit_on_the_simplex():
 )
 def test_bad_constrained_data(data, support, error, match):
     with pytest.raises(error, match=match):
-        nsi.fit(jax.random.key(0), data, support=support, max_steps=1, show_progress=False)
+        nsi.fit(jax.random.key(0), data, support=support, num_steps=1, show_progress=False)
 
 
 def test_constrained_flow_needs_an_siflow():
@@ -223,7 +226,7 @@ def test_model_log_density_of_both_routes():
     `theta_base`), log N(z; 0, I) + log p(y | log T(z)) with the flow map T(z) = m + S^(1/2) z
     (linear paths between commuting Gaussians). 16 fixed Tsit5 steps: error ~1e-6. (NUTS itself:
     the slow test below.)"""
-    prior = nsi.ConstrainedSIFlow(gaussian_flow(2, **FAST), constraints.positive)
+    prior = nsi.ConstrainedSIFlow(gaussian_flow(2, FAST), constraints.positive)
     mean, cov = MEAN[:2], COV[:2, :2]
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
     sqrt_cov = eigenvectors @ np.diag(np.sqrt(eigenvalues)) @ eigenvectors.T
@@ -257,7 +260,7 @@ def test_nuts_with_a_positive_prior(route):
     """theta ~ lognormal (a Gaussian flow through exp), y ~ N(log theta, NOISE^2 I): the posterior
     of log theta is Gaussian in closed form; its NUTS mean must match within 4 ESS-based standard
     errors. (16 fixed ODE steps: the prior density is exact to about 1e-3.)"""
-    prior = nsi.ConstrainedSIFlow(gaussian_flow(2, **FAST), constraints.positive)
+    prior = nsi.ConstrainedSIFlow(gaussian_flow(2, FAST), constraints.positive)
     run = model if route == "density" else reparam(model, config={"theta": nsi.FlowReparam()})
     mcmc = MCMC(NUTS(run), num_warmup=200, num_samples=300, progress_bar=False)
     mcmc.run(jax.random.key(1), prior, y=Y)
@@ -277,7 +280,8 @@ def test_nuts_with_a_positive_prior(route):
 def test_with_fixed_step_likelihood_on_a_support(x64):
     """The check runs on the unconstrained images: the chosen solve is the one the inner flow
     would choose, its errors are those of the constrained log_prob, the support is kept."""
-    flow = nsi.ConstrainedSIFlow(gaussian_flow(2, rtol=1e-8, atol=1e-8), constraints.positive)
+    tight = nsi.SolverSettings(rtol=1e-8, atol=1e-8)
+    flow = nsi.ConstrainedSIFlow(gaussian_flow(2, tight), constraints.positive)
     x = jnp.exp(dist.MultivariateNormal(MEAN[:2], COV[:2, :2]).sample(jax.random.key(0), (30,)))
     candidates = (2, 4, 8, 16)
     fast, report = flow.with_fixed_step_likelihood(x, max_error=1e-4, candidates=candidates)
@@ -285,7 +289,7 @@ def test_with_fixed_step_likelihood_on_a_support(x64):
     inner, inner_report = flow.flow.with_fixed_step_likelihood(
         jnp.log(x), max_error=1e-4, candidates=candidates
     )
-    assert report["n_steps"] == inner_report["n_steps"] == fast.flow.likelihood_solver.n_steps
+    assert report["n_steps"] == inner_report["n_steps"] == fast.flow.likelihood.n_steps
     assert report["n_steps"] is not None and report["n_steps"] < report["adaptive_steps"]
     error = float(jnp.max(jnp.abs(log_prob(fast, x) - log_prob(flow, x))))
     assert report["max_error"] == pytest.approx(error, rel=1e-6, abs=1e-12) and error <= 1e-4

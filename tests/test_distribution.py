@@ -12,21 +12,12 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from helpers import fixed_mixture
 from numpyro.diagnostics import effective_sample_size
 from numpyro.distributions import constraints
 
 import numpyro_si as nsi
 from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
-
-
-def _mixture(seed, dim, n_components):
-    """A fixed random Gaussian mixture built with NumPy (no JAX compilation)."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((n_components, dim, dim))
-    covs = 0.25 * 0.5 * (np.eye(dim) + w @ np.swapaxes(w, -1, -2) / dim)
-    means = 3.0 * rng.standard_normal((n_components, dim))
-    return GaussianMixture(rng.dirichlet(2.0 * np.ones(n_components)), means, covs)
-
 
 INTERPOLANTS = {
     "linear-brownian": lambda: nsi.LinearInterpolant(nsi.BrownianGamma(1.0)),
@@ -36,16 +27,18 @@ INTERPOLANTS = {
 }
 
 
-def _oracle_flow(name, target, base=None, **kwargs):
-    """An SIFlow with the oracle's exact velocity (and score); two-sided ones get `base`."""
+def _oracle_flow(name, target, base=None, **settings):
+    """An SIFlow with the oracle's exact velocity (and score); two-sided ones get `base`.
+    `settings`: the fields of its `SolverSettings`."""
     interpolant = INTERPOLANTS[name]() if isinstance(name, str) else name
+    settings = nsi.SolverSettings(**settings)
     if isinstance(interpolant, nsi.AbstractOneSidedInterpolant):
         oracle = GaussianMixtureOracle(interpolant, target)
-        flow = nsi.SIFlow(interpolant, oracle.velocity, dim=target.dim, **kwargs)
+        flow = nsi.SIFlow(interpolant, oracle.velocity, dim=target.dim, settings=settings)
     else:
         oracle = GaussianMixtureOracle(interpolant, target, base)
         flow = nsi.SIFlow(interpolant, oracle.velocity, oracle.score,
-                          base=oracle.base_distribution(), **kwargs)
+                          base=oracle.base_distribution(), settings=settings)
     return flow, oracle
 
 
@@ -72,14 +65,14 @@ def _log_prob_at_and_exact(flow, oracle, x, t):
 # ----------------------------------------------------------------------------------------------
 
 
-ACCURATE = dict(rtol=1e-10, atol=1e-10, likelihood_solver=nsi.ODESampler(diffrax.Dopri8()))
+ACCURATE = dict(rtol=1e-10, atol=1e-10, likelihood=nsi.ODELikelihood(diffrax.Dopri8()))
 
 
 @pytest.mark.parametrize("dim", [1, 2, 5])
 @pytest.mark.parametrize("name", list(INTERPOLANTS))
 def test_log_prob_matches_analytic_density(name, dim, x64):
-    target = _mixture(100 + dim, dim, 3)
-    flow, oracle = _oracle_flow(name, target, _mixture(200 + dim, dim, 2), **ACCURATE)
+    target = fixed_mixture(100 + dim, dim, 3)
+    flow, oracle = _oracle_flow(name, target, fixed_mixture(200 + dim, dim, 2), **ACCURATE)
     x = _test_points(target, dim)
     log_prob, info = _log_prob_with_info(flow, x)
     assert bool(jnp.all(info.succeeded))
@@ -89,8 +82,8 @@ def test_log_prob_matches_analytic_density(name, dim, x64):
 @pytest.mark.parametrize("t", [0.3, 0.75])
 @pytest.mark.parametrize("name", list(INTERPOLANTS))
 def test_log_prob_at_intermediate_time(name, t, x64):
-    target = _mixture(300, 2, 3)
-    flow, oracle = _oracle_flow(name, target, _mixture(301, 2, 2), **ACCURATE)
+    target = fixed_mixture(300, 2, 3)
+    flow, oracle = _oracle_flow(name, target, fixed_mixture(301, 2, 2), **ACCURATE)
     x = _test_points(target, 5)
     got, expected = _log_prob_at_and_exact(flow, oracle, x, t)
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
@@ -100,12 +93,12 @@ def test_hutchinson_log_prob_is_unbiased_and_deterministic(x64):
     """With Hutchinson's estimator log_prob is a random estimate: every point folds its index into
     the key, so N copies of one x give N independent estimates, whose mean is within Monte Carlo
     error of the exact log density; a fixed key gives the same numbers again."""
-    target = _mixture(400, 3, 2)
+    target = fixed_mixture(400, 3, 2)
     flow, oracle = _oracle_flow("one-sided-linear", target, rtol=1e-7, atol=1e-7)
     x = np.asarray(target.means[0]) + 0.3
     n = 1000
     copies = jnp.broadcast_to(x, (n, 3))
-    hutchinson = flow.with_sampler(divergence=nsi.HutchinsonDivergence(jax.random.key(7)))
+    hutchinson = flow.with_settings(divergence=nsi.HutchinsonDivergence(jax.random.key(7)))
     estimates, info = _log_prob_with_info(hutchinson, copies)
     assert bool(jnp.all(info.succeeded))
     exact = float(oracle.target.log_prob(x))
@@ -116,10 +109,10 @@ def test_hutchinson_log_prob_is_unbiased_and_deterministic(x64):
     again, _ = _log_prob_with_info(hutchinson, copies[:10])
     np.testing.assert_array_equal(again, first)
     np.testing.assert_allclose(first, estimates[:10], rtol=1e-12)  # (batching changes rounding)
-    other_key = flow.with_sampler(divergence=nsi.HutchinsonDivergence(jax.random.key(8)))
+    other_key = flow.with_settings(divergence=nsi.HutchinsonDivergence(jax.random.key(8)))
     assert not bool(jnp.all(_log_prob_with_info(other_key, copies[:10])[0] == estimates[:10]))
     # The string form uses a fixed key.
-    assert isinstance(flow.with_sampler(divergence="hutchinson").divergence,
+    assert isinstance(flow.with_settings(divergence="hutchinson").divergence,
                       nsi.HutchinsonDivergence)
 
 
@@ -217,7 +210,7 @@ EPS_SCHEDULES = {
 def test_sde_sampling_one_sided_velocity_only(eps):
     """No score is given: eps * s comes from the velocity. ConstantEps makes the drift singular
     at t = 1; the deterministic last step keeps every draw finite."""
-    flow = _one_sided_flow().with_sampler("sde", eps=EPS_SCHEDULES[eps])
+    flow = _one_sided_flow().with_settings(sampler="sde", eps=EPS_SCHEDULES[eps])
     assert flow.score is None and isinstance(flow.sampler, nsi.SDESampler)
     _assert_matches_mixture(_sample(flow, jax.random.key(2), 2000), _separated_target())
 
@@ -230,7 +223,7 @@ def test_sde_sampling_one_sided_velocity_only(eps):
      pytest.param("callable", marks=pytest.mark.slow)],
 )
 def test_sde_sampling_two_sided_with_score(eps):
-    flow = _two_sided_flow().with_sampler("sde", eps=EPS_SCHEDULES[eps])
+    flow = _two_sided_flow().with_settings(sampler="sde", eps=EPS_SCHEDULES[eps])
     _assert_matches_mixture(_sample(flow, jax.random.key(3), 2000), _separated_target())
 
 
@@ -263,13 +256,15 @@ def test_ode_transport_round_trip(x64):
 # ----------------------------------------------------------------------------------------------
 
 
-def _gaussian_flow(**kwargs):
-    """A cheap one-sided flow to a Gaussian target (d = 2), with a fixed-step likelihood."""
+FIXED_STEPS = dict(sampler=nsi.ODESampler(n_steps=16), likelihood=nsi.ODELikelihood(n_steps=16))
+
+
+def _gaussian_flow(**settings):
+    """A cheap one-sided flow to a Gaussian target (d = 2), with fixed-step sampling and
+    likelihood unless `settings` (fields of `SolverSettings`) say otherwise."""
     target = GaussianMixture(np.ones(1), np.array([[1.0, -0.5]]),
                              np.array([[[0.6, 0.2], [0.2, 0.4]]]))
-    kwargs.setdefault("likelihood_solver", nsi.ODESampler(n_steps=16))
-    kwargs.setdefault("sampler", nsi.ODESampler(n_steps=16))
-    return _oracle_flow("one-sided-linear", target, **kwargs)
+    return _oracle_flow("one-sided-linear", target, **(FIXED_STEPS | settings))
 
 
 def test_distribution_attributes():
@@ -313,7 +308,7 @@ def test_flow_as_jit_and_vmap_argument():
     other, _ = _oracle_flow(
         "one-sided-linear",
         GaussianMixture(np.ones(1), np.array([[-1.0, 0.0]]), np.array([np.eye(2)])),
-        likelihood_solver=nsi.ODESampler(n_steps=16), sampler=nsi.ODESampler(n_steps=16),
+        **FIXED_STEPS,
     )
     stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), flow, other)
     both = jax.jit(jax.vmap(lambda f: f.log_prob(x)))(stacked)
@@ -323,7 +318,7 @@ def test_flow_as_jit_and_vmap_argument():
 
 
 def test_tree_flatten_unflatten_round_trip():
-    flow, _ = _gaussian_flow(sampler="sde", eps=nsi.DecayingEps(0.5), rtol=1e-4, atol=1e-6)
+    flow, _ = _gaussian_flow(sampler=nsi.SDESampler(nsi.DecayingEps(0.5)), rtol=1e-4, atol=1e-6)
     leaves, treedef = jax.tree_util.tree_flatten(flow)
     assert leaves and all(isinstance(leaf, jax.Array) for leaf in leaves)
     rebuilt = jax.tree_util.tree_unflatten(treedef, leaves)
@@ -337,38 +332,69 @@ def test_tree_flatten_unflatten_round_trip():
                                   _log_prob_with_info(flow, x)[0])
 
 
-def test_with_sampler():
+def test_with_settings():
     flow, _ = _gaussian_flow(rtol=1e-4, atol=1e-6)
-    sde = flow.with_sampler("sde", eps=0.5)
+    sde = flow.with_settings(sampler="sde", eps=0.5)
     assert isinstance(sde.sampler, nsi.SDESampler) and sde.sampler.eps == nsi.ConstantEps(0.5)
     assert sde.sampler.n_steps == 256
     assert (sde.rtol, sde.atol) == (1e-4, 1e-6)
     # Fields, base and likelihood options are untouched; the original flow is unchanged.
     assert eqx.tree_equal(sde.fields, flow.fields)
-    assert sde.base is flow.base and eqx.tree_equal(sde.likelihood_solver, flow.likelihood_solver)
+    assert sde.base is flow.base and eqx.tree_equal(sde.likelihood, flow.likelihood)
     assert isinstance(flow.sampler, nsi.ODESampler)
-    # Options alone keep the SDE family and its eps.
-    more_steps = sde.with_sampler(n_steps=64)
+    # A sampler object sets its options; eps alone keeps the SDE sampler's other options.
+    more_steps = sde.with_settings(sampler=nsi.SDESampler(0.5, n_steps=64))
     assert isinstance(more_steps.sampler, nsi.SDESampler)
     assert more_steps.sampler.n_steps == 64 and more_steps.sampler.eps == nsi.ConstantEps(0.5)
+    noisier = more_steps.with_settings(eps=2.0)
+    assert noisier.sampler.n_steps == 64 and noisier.sampler.eps == nsi.ConstantEps(2.0)
     # rtol / atol change only when given.
-    loose = flow.with_sampler(rtol=1e-2)
+    loose = flow.with_settings(rtol=1e-2)
     assert (loose.rtol, loose.atol) == (1e-2, 1e-6)
-    assert isinstance(loose.sampler, nsi.ODESampler)
-    schedule = flow.with_sampler(eps=nsi.ZeroEndsEps(1.0))
+    assert isinstance(loose.sampler, nsi.ODESampler) and loose.sampler == flow.sampler
+    schedule = flow.with_settings(sampler="sde", eps=nsi.ZeroEndsEps(1.0))
     assert isinstance(schedule.sampler, nsi.SDESampler)
     assert schedule.sampler.eps == nsi.ZeroEndsEps(1.0)
-    solver = nsi.ODESampler(diffrax.Dopri8())
-    assert flow.with_sampler(likelihood_solver=solver).likelihood_solver == solver
-    back = sde.with_sampler("ode")
+    solve = nsi.ODELikelihood(diffrax.Dopri8())
+    assert flow.with_settings(likelihood=solve).likelihood == solve
+    back = sde.with_settings(sampler="ode")
     assert isinstance(back.sampler, nsi.ODESampler)
+    # A whole SolverSettings replaces every setting; the flow reports it as `settings`.
+    settings = nsi.SolverSettings(sampler=nsi.ODESampler(n_steps=8), rtol=1e-3, atol=1e-3)
+    replaced = sde.with_settings(settings)
+    assert replaced.settings == settings and replaced.likelihood == nsi.ODELikelihood()
+    assert (replaced.rtol, replaced.atol) == (1e-3, 1e-3)
+
+
+def test_deprecated_with_sampler_keeps_its_old_meaning():
+    """`with_sampler` warns and keeps its old meaning: solver options alone keep the sampler's
+    family (and an SDE's eps), eps alone switches to the SDE, `likelihood_solver` sets the
+    likelihood solve."""
+    flow, _ = _gaussian_flow(rtol=1e-4, atol=1e-6)
+    with pytest.warns(FutureWarning, match="with_settings"):
+        sde = flow.with_sampler("sde", eps=0.5)
+    assert sde.settings == flow.with_settings(sampler="sde", eps=0.5).settings
+    with pytest.warns(FutureWarning):
+        more_steps = sde.with_sampler(n_steps=64)
+    assert more_steps.sampler == nsi.SDESampler(0.5, n_steps=64)
+    with pytest.warns(FutureWarning):
+        ode_steps = flow.with_sampler(n_steps=32)
+    assert ode_steps.sampler == nsi.ODESampler(n_steps=32)
+    with pytest.warns(FutureWarning):
+        schedule = flow.with_sampler(eps=nsi.ZeroEndsEps(1.0))
+    assert schedule.sampler == nsi.SDESampler(nsi.ZeroEndsEps(1.0))
+    with pytest.warns(FutureWarning):
+        solved = flow.with_sampler(likelihood_solver=nsi.ODESampler(diffrax.Dopri8(), n_steps=12))
+    assert solved.likelihood == nsi.ODELikelihood(diffrax.Dopri8(), n_steps=12)
+    assert (solved.rtol, solved.atol) == (1e-4, 1e-6)
 
 
 def test_standardization(x64):
-    flow, _ = _gaussian_flow(rtol=1e-9, atol=1e-9, likelihood_solver=nsi.ODESampler(),
+    flow, _ = _gaussian_flow(rtol=1e-9, atol=1e-9, likelihood=nsi.ODELikelihood(),
                              sampler=nsi.ODESampler())
     shift, scale = np.array([10.0, -3.0]), np.array([2.0, 0.5])
-    standardized = nsi.SIFlow(flow.interpolant, flow.velocity, dim=2, rtol=1e-9, atol=1e-9,
+    standardized = nsi.SIFlow(flow.interpolant, flow.velocity, dim=2,
+                              settings=nsi.SolverSettings(rtol=1e-9, atol=1e-9),
                               standardization=nsi.Standardization(shift, scale))
     y = jnp.array([[0.2, 0.1], [1.0, -1.0]])
     x = shift + scale * y
@@ -465,19 +491,27 @@ def _identity(t, x):
          ValueError, "one-sided"),
         (lambda: nsi.SIFlow(nsi.MirrorInterpolant(), _identity, dim=2), ValueError, "Mirror"),
         (lambda: nsi.SIFlow(nsi.LinearInterpolant(nsi.BrownianGamma()), _identity, dim=2,
-                            sampler="sde"), ValueError, "score"),
-        (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2, sampler="euler"),
-         ValueError, "sampler"),
-        (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2, divergence="trace"),
+                            settings=nsi.SolverSettings(sampler=nsi.SDESampler())),
+         ValueError, "score"),
+        (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2,
+                            settings=nsi.SolverSettings(sampler="euler")), ValueError, "sampler"),
+        (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2,
+                            settings=nsi.SolverSettings(divergence="trace")),
          ValueError, "divergence"),
+        (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2,
+                            settings=nsi.SolverSettings(likelihood=nsi.ODESampler())),
+         TypeError, "likelihood must be a numpyro_si ODELikelihood"),
+        (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2,
+                            settings=nsi.SolverSettings(rtol=0.0)), ValueError, "rtol"),
+        (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2,
+                            settings=dict(rtol=1e-3)), TypeError, "SolverSettings"),
         (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity), ValueError, "dimension"),
         (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=0), ValueError, "dim"),
-        (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2, sampler="sde",
-                            eps=-1.0), ValueError, "eps0"),
-        (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2, eps=0.5),
-         ValueError, "eps"),
         (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2,
-                            sampler=nsi.ODESampler(), eps=0.5), ValueError, "sampler"),
+                            settings=nsi.SolverSettings(sampler=nsi.SDESampler(-1.0))),
+         ValueError, "eps0"),
+        (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2, width=3),
+         TypeError, r"unexpected option\(s\) \['width'\]"),
         (lambda: nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2,
                             standardization=nsi.Standardization(jnp.zeros(3), jnp.ones(3))),
          ValueError, "dimension"),
@@ -485,25 +519,56 @@ def _identity(t, x):
     ids=["velocity-not-callable", "velocity-none", "score-not-callable", "not-an-interpolant",
          "base-scalar-event", "base-batch-shape", "base-wrong-dim", "one-sided-with-base",
          "mirror", "sde-without-score", "unknown-sampler", "unknown-divergence",
-         "dim-not-inferable", "dim-zero", "negative-eps0", "eps-with-ode", "options-and-object",
-         "standardization-dim"],
+         "sampler-as-likelihood", "rtol-zero", "settings-not-settings", "dim-not-inferable",
+         "dim-zero", "negative-eps0", "unknown-option", "standardization-dim"],
 )
 def test_bad_construction(make, error, match):
     with pytest.raises(error, match=match):
         make()
 
 
-def test_bad_with_sampler_and_time():
+@pytest.mark.parametrize(
+    "option, value, new",
+    [("sampler", "sde", r"SolverSettings\(sampler="),
+     ("eps", 0.5, r"SolverSettings\(sampler=nsi.SDESampler\(eps\)\)"),
+     ("rtol", 1e-3, r"SolverSettings\(rtol="),
+     ("atol", 1e-3, r"SolverSettings\(atol="),
+     ("divergence", "exact", r"SolverSettings\(divergence="),
+     ("likelihood_solver", nsi.ODESampler(), r"SolverSettings\(likelihood=")],
+)
+def test_renamed_options_name_their_new_spelling(option, value, new):
+    """The solver options SIFlow took before SolverSettings are refused with where they went."""
+    with pytest.raises(TypeError, match=f"'{option}', which is now .*{new}"):
+        nsi.SIFlow(nsi.OneSidedLinearInterpolant(), _identity, dim=2, **{option: value})
+
+
+def test_bad_with_settings_and_time():
     flow, _ = _gaussian_flow()
     two_sided = nsi.SIFlow(nsi.LinearInterpolant(nsi.BrownianGamma()), _identity, dim=2)
     with pytest.raises(ValueError, match="score"):
-        two_sided.with_sampler("sde", eps=0.5)
+        two_sided.with_settings(sampler="sde", eps=0.5)
     with pytest.raises(ValueError, match="eps0"):
-        flow.with_sampler("sde", eps=-0.5)
+        flow.with_settings(sampler="sde", eps=-0.5)
     with pytest.raises(ValueError, match="sampler"):
-        flow.with_sampler("langevin")
+        flow.with_settings(sampler="langevin")
     with pytest.raises(ValueError, match="divergence"):
-        flow.with_sampler(divergence="exactly")
+        flow.with_settings(divergence="exactly")
+    # eps is the SDE's noise level: refused next to an ODE sampler, named or given as an object,
+    # and alone on an ODE flow (the deprecated with_sampler(eps=...) switched to the SDE instead)
+    with pytest.raises(ValueError, match="sampler='sde'"):
+        flow.with_settings(sampler=nsi.ODESampler(), eps=0.5)
+    with pytest.raises(ValueError, match="sampler='sde'"):
+        flow.with_settings(sampler="ode", eps=0.5)
+    with pytest.raises(ValueError, match="sampler='sde'"):
+        flow.with_settings(eps=0.5)
+    with pytest.raises(TypeError, match="likelihood must be a numpyro_si ODELikelihood"):
+        flow.with_settings(likelihood=nsi.ODESampler())
+    with pytest.raises(ValueError, match="either a SolverSettings or the settings to change"):
+        flow.with_settings(nsi.SolverSettings(), rtol=1e-3)
+    with pytest.raises(TypeError, match="settings must be a SolverSettings"):
+        flow.with_settings(dict(rtol=1e-3))
+    with pytest.raises(TypeError, match="n_steps"):
+        flow.with_settings(n_steps=64)
     with pytest.raises(ValueError, match=r"t must lie in \[0.0, 1.0\]"):
         flow.log_prob_at(jnp.zeros(2), 1.5)
 
@@ -514,7 +579,7 @@ def test_bad_with_sampler_and_time():
 
 
 def test_likelihood_out_of_steps_is_minus_inf():
-    flow, _ = _gaussian_flow(likelihood_solver=nsi.ODESampler(max_steps=2), rtol=1e-8, atol=1e-8)
+    flow, _ = _gaussian_flow(likelihood=nsi.ODELikelihood(max_steps=2), rtol=1e-8, atol=1e-8)
     x = jnp.array([[0.5, 0.5], [1.0, -1.0]])
     log_prob, info = _log_prob_with_info(flow, x)
     np.testing.assert_array_equal(log_prob, -jnp.inf)
@@ -522,7 +587,7 @@ def test_likelihood_out_of_steps_is_minus_inf():
     assert bool(jnp.all(info.num_steps <= 2))
     np.testing.assert_array_equal(jax.jit(lambda f, x: f.log_prob(x))(flow, x), -jnp.inf)
     # With the default budget the same flow succeeds.
-    ok, info = _log_prob_with_info(flow.with_sampler(likelihood_solver=nsi.ODESampler()), x)
+    ok, info = _log_prob_with_info(flow.with_settings(likelihood=nsi.ODELikelihood()), x)
     assert bool(jnp.all(info.succeeded)) and bool(jnp.all(jnp.isfinite(ok)))
 
 
@@ -540,15 +605,15 @@ def test_sampling_out_of_steps_raises(jit):
 
 
 def test_with_fixed_step_likelihood_takes_the_fewest_steps_within_max_error(x64):
-    target = _mixture(500, 2, 3)
+    target = fixed_mixture(500, 2, 3)
     flow, oracle = _oracle_flow("one-sided-linear", target, rtol=1e-8, atol=1e-8,
-                                likelihood_solver=nsi.ODESampler())
+                                likelihood=nsi.ODELikelihood())
     x, _ = oracle.target.sample(jax.random.key(0), 50)
     candidates = (2, 4, 8, 16)
     fast, report = flow.with_fixed_step_likelihood(x, max_error=1e-3, candidates=candidates)
     k = report["n_steps"]
-    assert k in candidates and fast.likelihood_solver.n_steps == k
-    assert flow.likelihood_solver.n_steps is None  # the original is unchanged
+    assert k in candidates and fast.likelihood.n_steps == k
+    assert flow.likelihood.n_steps is None  # the original is unchanged
     assert report["adaptive_steps"] > k, report
     # the reported error is the largest |difference| at the points, and it is within max_error;
     # every smaller candidate was tried and failed
@@ -573,7 +638,7 @@ def test_with_fixed_step_likelihood_input_errors():
     x = jnp.zeros((5, 2))
     with pytest.raises(ValueError, match="already has fixed steps"):
         flow.with_fixed_step_likelihood(x)
-    adaptive = flow.with_sampler(likelihood_solver=nsi.ODESampler())
+    adaptive = flow.with_settings(likelihood=nsi.ODELikelihood())
     for bad in (0.0, -1.0, float("nan"), None, True):
         with pytest.raises(ValueError, match="max_error"):
             adaptive.with_fixed_step_likelihood(x, max_error=bad)
@@ -585,6 +650,6 @@ def test_with_fixed_step_likelihood_input_errors():
         adaptive.with_fixed_step_likelihood(jnp.zeros(2))
     with pytest.raises(ValueError, match="NaN"):
         adaptive.with_fixed_step_likelihood(x.at[0, 0].set(jnp.nan))
-    tiny_budget = flow.with_sampler(likelihood_solver=nsi.ODESampler(max_steps=1))
+    tiny_budget = flow.with_settings(likelihood=nsi.ODELikelihood(max_steps=1))
     with pytest.raises(ValueError, match="ran out of steps"):
         tiny_budget.with_fixed_step_likelihood(x + 1.0)

@@ -1,15 +1,16 @@
 """eps(t) schedules and the `Fields` bundle that forms b, eps * s and the SDE drifts
-(MATH.md section 3)."""
+(docs/math.md section 3)."""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import fixed_mixture
 
 import numpyro_si as nsi
 from numpyro_si._dynamics import as_field
-from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
+from numpyro_si.oracle import GaussianMixtureOracle
 
 TS = np.array([0.0, 0.1, 0.35, 0.5, 0.8, 1.0])
 
@@ -98,23 +99,15 @@ class _NotCallable(eqx.Module):
     value: float = 1.0
 
 
-def _mixture(seed, dim, n_components):
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((n_components, dim, dim))
-    covs = 0.25 * 0.5 * (np.eye(dim) + w @ np.swapaxes(w, -1, -2) / dim)
-    means = 3.0 * rng.standard_normal((n_components, dim))
-    return GaussianMixture(rng.dirichlet(2.0 * np.ones(n_components)), means, covs)
-
-
 @pytest.fixture
 def two_sided(x64):
     it = nsi.LinearInterpolant(nsi.BrownianGamma(1.0))
-    return GaussianMixtureOracle(it, _mixture(0, 2, 2), _mixture(1, 2, 2))
+    return GaussianMixtureOracle(it, fixed_mixture(0, 2, 2), fixed_mixture(1, 2, 2))
 
 
 @pytest.fixture
 def one_sided(x64):
-    return GaussianMixtureOracle(nsi.OneSidedLinearInterpolant(), _mixture(2, 2, 3))
+    return GaussianMixtureOracle(nsi.OneSidedLinearInterpolant(), fixed_mixture(2, 2, 3))
 
 
 def test_has_score():

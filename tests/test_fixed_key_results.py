@@ -29,6 +29,7 @@ import numpyro
 import numpyro.distributions as dist
 import optax
 import pytest
+from helpers import array_leaves
 from numpyro.distributions import constraints
 from numpyro.infer import MCMC, NUTS
 
@@ -62,10 +63,6 @@ def gaussian(key, n):
 
 DATA_2D = gaussian(jax.random.key(0), 1000)
 POINTS = DATA_2D[:8]
-
-
-def array_leaves(tree):
-    return jax.tree.leaves(eqx.filter(tree, eqx.is_array))
 
 
 def assert_fit(name, flow, history, points=POINTS, context=None):

@@ -100,16 +100,6 @@ def test_with_settings_changes_only_the_settings(built, name):
         flow.with_settings(nsi.SolverSettings(), rtol=1e-3)
 
 
-def test_with_sampler_is_a_deprecated_alias():
-    flow = flows()["plain"]
-    with pytest.warns(FutureWarning, match="with_settings"):
-        sde = flow.with_sampler("sde", eps=0.5, n_steps=32)
-    assert sde.sampler == nsi.SDESampler(0.5, n_steps=32)
-    with pytest.warns(FutureWarning):
-        fixed = flow.with_sampler(likelihood_solver=nsi.ODESampler(n_steps=8))
-    assert fixed.likelihood == nsi.ODELikelihood(n_steps=8)
-
-
 @pytest.mark.parametrize("settings, match", [
     (dict(rtol=0.0), "rtol"),
     (dict(atol=-1.0), "atol"),
@@ -120,8 +110,22 @@ def test_with_sampler_is_a_deprecated_alias():
 ])
 def test_solver_settings_refuse_bad_values(settings, match):
     with pytest.raises((TypeError, ValueError), match=match):
-        nsi.SolverSettings().replace(**settings) if "sampler" in settings or (
-            "divergence" in settings) else nsi.SolverSettings(**settings)
+        nsi.SolverSettings(**settings)
+    with pytest.raises((TypeError, ValueError), match=match):
+        nsi.SolverSettings().replace(**settings)
+
+
+def test_solver_settings_take_names_and_say_where_solver_options_went():
+    settings = nsi.SolverSettings(sampler="sde", eps=0.5, divergence="hutchinson")
+    assert settings.sampler == nsi.SDESampler(0.5)
+    assert isinstance(settings.divergence, nsi.HutchinsonDivergence)
+    assert settings.replace(rtol=1e-3) == nsi.SolverSettings(
+        sampler=nsi.SDESampler(0.5), divergence=settings.divergence, rtol=1e-3
+    )
+    with pytest.raises(TypeError, match=r"n_steps.*ODESampler\(n_steps"):
+        settings.replace(n_steps=64)
+    with pytest.raises(TypeError, match="ODELikelihood"):
+        flows()["plain"].with_settings(likelihood_solver=nsi.ODESampler())
 
 
 def test_sde_settings_on_a_two_sided_flow_without_a_score_are_refused():
@@ -133,17 +137,6 @@ def test_sde_settings_on_a_two_sided_flow_without_a_score_are_refused():
                              interpolant=nsi.LinearInterpolant(nsi.BrownianGamma(1.0)),
                              settings=nsi.SolverSettings(sampler=nsi.SDESampler()))
     assert learned.score is not None  # learn_score defaults to True for an SDE sampler
-
-
-@pytest.mark.parametrize("option, value", [
-    ("max_steps", 10), ("width", 8), ("sampler", "sde"), ("rtol", 1e-3), ("val_prop", 0.1),
-])
-def test_renamed_options_say_their_new_spelling(option, value):
-    with pytest.raises(TypeError, match=option):
-        nsi.fit(jax.random.key(0), DATA, **{option: value})
-    if option in ("sampler", "rtol"):
-        with pytest.raises(TypeError, match="SolverSettings"):
-            nsi.SIFlow(nsi.OneSidedLinearInterpolant(), lambda t, x: x, dim=2, **{option: value})
 
 
 def test_field_mlp_defaults_follow_the_dimension():

@@ -1,13 +1,14 @@
-"""Interpolants and gamma families (MATH.md section 1): boundary conditions, exact derivatives,
+"""Interpolants and gamma families (docs/math.md section 1): boundary conditions, exact derivatives,
 the closed-form gamma * gamma', construction errors, and the one-sided score from the velocity."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import fixed_mixture
 
 import numpyro_si as nsi
-from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
+from numpyro_si.oracle import GaussianMixtureOracle
 
 PI = np.pi
 
@@ -293,17 +294,8 @@ def test_vp_trigonometric_rejects_gamma_reaching_one(gamma):
 
 
 # ----------------------------------------------------------------------------------------------
-# one-sided: the score from the velocity (MATH.md section 2)
+# one-sided: the score from the velocity (docs/math.md section 2)
 # ----------------------------------------------------------------------------------------------
-
-
-def _mixture(seed, dim, n_components):
-    """A fixed random Gaussian mixture built with NumPy (no JAX compilation)."""
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((n_components, dim, dim))
-    covs = 0.25 * 0.5 * (np.eye(dim) + w @ np.swapaxes(w, -1, -2) / dim)
-    means = 3.0 * rng.standard_normal((n_components, dim))
-    return GaussianMixture(rng.dirichlet(2.0 * np.ones(n_components)), means, covs)
 
 
 ONE_SIDED = {
@@ -316,7 +308,7 @@ ONE_SIDED = {
 @pytest.mark.parametrize("name", list(ONE_SIDED))
 def test_one_sided_score_from_exact_velocity_is_exact_score(name, x64):
     interpolant = ONE_SIDED[name]()
-    oracle = GaussianMixtureOracle(interpolant, _mixture(3, dim=3, n_components=3))
+    oracle = GaussianMixtureOracle(interpolant, fixed_mixture(3, dim=3, n_components=3))
     ts = np.array([0.0, 0.02, 0.2, 0.5, 0.8, 0.95, 0.99])
     xs = 2.0 * np.random.default_rng(4).standard_normal((5, 3))
 
@@ -334,7 +326,7 @@ def test_one_sided_score_from_exact_velocity_is_exact_score(name, x64):
 @pytest.mark.parametrize("name", list(ONE_SIDED))
 def test_one_sided_eps_times_score(name, x64):
     interpolant = ONE_SIDED[name]()
-    oracle = GaussianMixtureOracle(interpolant, _mixture(5, dim=2, n_components=2))
+    oracle = GaussianMixtureOracle(interpolant, fixed_mixture(5, dim=2, n_components=2))
     x = np.array([0.3, -1.2])
 
     @jax.jit

@@ -1,10 +1,12 @@
-"""FieldMLP: shapes, batching, dtypes, validation and the config round trip."""
+"""FieldMLP: shapes, batching, dtypes, validation and the config round trip; FieldMLPSpec, the
+recipe build_flow makes its networks from."""
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import array_leaves
 
 import numpyro_si as nsi
 
@@ -12,8 +14,7 @@ KEY = jax.random.key(0)
 
 
 def leaves_equal(a, b):
-    la = jax.tree.leaves(eqx.filter(a, eqx.is_array))
-    lb = jax.tree.leaves(eqx.filter(b, eqx.is_array))
+    la, lb = array_leaves(a), array_leaves(b)
     return len(la) == len(lb) and all(
         x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y)
         for x, y in zip(la, lb, strict=True)
@@ -73,7 +74,7 @@ def test_residual_and_plain_architectures_differ():
     assert len(residual.hidden) == 3 and all(len(block) == 2 for block in residual.hidden)
     n_embed = 1 + 2 * plain.n_frequencies
     assert residual.hidden[0][0].in_features == 8 + n_embed
-    n_params = lambda m: sum(leaf.size for leaf in jax.tree.leaves(eqx.filter(m, eqx.is_array)))  # noqa: E731
+    n_params = lambda m: sum(leaf.size for leaf in array_leaves(m))  # noqa: E731
     assert n_params(residual) > n_params(plain)
 
 
@@ -148,7 +149,7 @@ def test_config_round_trip(residual):
     rebuilt = nsi.FieldMLP(**config, key=jax.random.key(5))
     # same architecture: identical tree structure and leaf shapes, different initial weights
     assert jax.tree.structure(rebuilt) == jax.tree.structure(net)
-    shapes = lambda m: [leaf.shape for leaf in jax.tree.leaves(eqx.filter(m, eqx.is_array))]  # noqa: E731
+    shapes = lambda m: [leaf.shape for leaf in array_leaves(m)]  # noqa: E731
     assert shapes(rebuilt) == shapes(net)
     assert not leaves_equal(rebuilt, net)
     # same key: the same network, bit for bit
@@ -211,3 +212,54 @@ def test_context_errors():
     for bad in (-1, 1.5, "2"):
         with pytest.raises(ValueError, match="context_dim must be a non-negative integer"):
             nsi.FieldMLP(2, context_dim=bad, key=KEY)
+
+
+# ----------------------------------------------------------------------------------------------
+# default size and FieldMLPSpec
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dim", [2, 16, 17])
+def test_default_size_follows_the_dimension(dim):
+    """FieldMLP(d) without width or depth takes default_network_size(d), as build_flow does; an
+    explicit width or depth replaces only that part."""
+    net = nsi.FieldMLP(dim, key=KEY)
+    assert (net.width, net.depth) == nsi.default_network_size(dim)
+    narrow = nsi.FieldMLP(dim, width=8, key=KEY)
+    assert (narrow.width, narrow.depth) == (8, nsi.default_network_size(dim)[1])
+
+
+@pytest.mark.parametrize("context_dim", [0, 3])
+def test_spec_builds_the_same_network_as_fieldmlp(context_dim):
+    spec = nsi.FieldMLPSpec(width=12, depth=3, residual=True, n_frequencies=2, activation="gelu")
+    net = spec.build(2, context_dim=context_dim, key=KEY)
+    same = nsi.FieldMLP(2, width=12, depth=3, residual=True, n_frequencies=2, activation="gelu",
+                        context_dim=context_dim, key=KEY)
+    assert net.config() == same.config() and leaves_equal(net, same)
+    # the default spec: the dimension's default size, the FieldMLP defaults otherwise
+    default = nsi.FieldMLPSpec().build(17, key=KEY)
+    assert default.config() == nsi.FieldMLP(17, key=KEY).config()
+    assert (default.width, default.depth) == nsi.default_network_size(17)
+
+
+def test_spec_dtype(x64):
+    spec = nsi.FieldMLPSpec(width=4, depth=1)
+    assert spec.build(2, key=KEY, dtype=jnp.float32).input_layer.weight.dtype == jnp.float32
+    assert spec.build(2, key=KEY).input_layer.weight.dtype == jnp.float64
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        (dict(width=0), "width must be a positive integer or None, got 0"),
+        (dict(width=8.0), "width must be a positive integer or None, got 8.0"),
+        (dict(width=True), "width must be a positive integer or None, got True"),
+        (dict(depth=-1), "depth must be a positive integer or None, got -1"),
+        (dict(depth="3"), "depth must be a positive integer or None, got '3'"),
+        (dict(activation="sigmoid"), "activation must be one of"),
+    ],
+    ids=["width-0", "width-float", "width-bool", "depth-negative", "depth-str", "activation"],
+)
+def test_bad_spec_raises(options, match):
+    with pytest.raises(ValueError, match=match):
+        nsi.FieldMLPSpec(**options)

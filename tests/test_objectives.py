@@ -1,4 +1,4 @@
-"""Objectives (MATH.md section 2): excess-loss identity with the exact Gaussian-mixture fields,
+"""Objectives (docs/math.md section 2): excess-loss identity with the exact Gaussian-mixture fields,
 unbiasedness and variance of the antithetic estimators, time samplers and couplings.
 
 Every statistical assertion compares a Monte Carlo mean with its own standard error (fixed keys,
@@ -10,17 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import mean_se
 
 import numpyro_si as nsi
 from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
 
 N = 20_000  # Monte Carlo draws per estimate
 SHIFT = (0.3, -0.2)  # the constant perturbation c; 1/2 |c|^2 = 0.065
-
-
-def mean_se(values):
-    values = np.asarray(values, dtype=np.float64)
-    return values.mean(), values.std(ddof=1) / np.sqrt(values.size)
 
 
 def make_oracle(kind):
@@ -84,8 +80,8 @@ EXCESS_CASES = [
     (nsi.velocity_loss, "one-sided", "velocity", False),
     (nsi.velocity_loss, "deterministic", "velocity", False),
     (nsi.velocity_loss, "two-sided", "velocity", True),
-    (nsi.v_loss, "two-sided", "v", True),
-    (nsi.v_loss, "two-sided", "v", False),
+    (nsi.deterministic_velocity_loss, "two-sided", "v", True),
+    (nsi.deterministic_velocity_loss, "two-sided", "v", False),
     (nsi.score_loss, "two-sided", "score", True),
     (nsi.denoiser_loss, "two-sided", "denoiser", True),
     (nsi.denoiser_loss, "two-sided", "denoiser", False),
@@ -114,7 +110,7 @@ def test_excess_loss_of_a_constant_shift(x64, loss, kind, field_name, antithetic
 SMOOTH_CASES = [
     (nsi.velocity_loss, "one-sided", "velocity", False, None),
     (nsi.velocity_loss, "two-sided", "velocity", True, None),
-    (nsi.v_loss, "two-sided", "v", True, None),
+    (nsi.deterministic_velocity_loss, "two-sided", "v", True, None),
     (nsi.score_loss, "two-sided", "score", True, None),
     # the plain score estimator has infinite variance on [0, 1] (1/gamma^2); trim the time range
     (nsi.score_loss, "two-sided", "score", False, (0.05, 0.95)),
@@ -164,7 +160,7 @@ def test_excess_loss_detects_the_wrong_field(x64):
 
 ANTITHETIC_CASES = [
     (nsi.velocity_loss, "velocity"),
-    (nsi.v_loss, "v"),
+    (nsi.deterministic_velocity_loss, "v"),
     (nsi.score_loss, "score"),
     (nsi.denoiser_loss, "denoiser"),
 ]

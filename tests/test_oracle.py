@@ -1,4 +1,4 @@
-"""The Gaussian-mixture oracle (MATH.md section 6): exact fields checked against the transport
+"""The Gaussian-mixture oracle (docs/math.md section 6): exact fields checked against the transport
 equation, automatic differentiation, the boundary densities, the conditional-expectation property
 (by Monte Carlo), and GaussianMixture itself."""
 

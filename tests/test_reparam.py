@@ -59,7 +59,7 @@ def test_density_route_gradient_matches_finite_differences(x64):
     discretise-then-optimise, the exact gradient of the computed value). Check against central
     finite differences in float64 with tight tolerances."""
     flow, _ = gaussian_flow()
-    flow = flow.with_sampler(rtol=1e-10, atol=1e-10)
+    flow = flow.with_settings(rtol=1e-10, atol=1e-10)
     x = jnp.array([0.3, -0.2])
     grad = jax.jit(jax.grad(flow.log_prob))(x)
     h = 1e-5
@@ -130,7 +130,8 @@ def test_svi_with_flow_prior(route):
     optimisation margin of 0.05 (Adam's jitter at the end of a cosine decay; measured < 0.01).
     16 fixed ODE steps keep the density route's gradient cheap."""
     flow, _ = gaussian_flow()
-    flow = flow.with_sampler(n_steps=16, likelihood_solver=nsi.ODESampler(n_steps=16))
+    flow = flow.with_settings(sampler=nsi.ODESampler(n_steps=16),
+                              likelihood=nsi.ODELikelihood(n_steps=16))
     run_model = model if route == "density" else reparam(model, config={"theta": nsi.FlowReparam()})
     guide = AutoNormal(run_model)
     schedule = optax.cosine_decay_schedule(0.05, 1500, alpha=0.01)

@@ -10,15 +10,11 @@ import jax.numpy as jnp
 import jax.scipy.linalg
 import numpy as np
 import pytest
+from helpers import euler_maruyama_reference
 from jax.scipy.stats import multivariate_normal
 
 import numpyro_si as nsi
-from numpyro_si._solvers import (
-    euler_maruyama_reference,
-    ode_log_likelihood,
-    solve_ode,
-    solve_sde,
-)
+from numpyro_si._solvers import ode_log_likelihood, solve_ode, solve_sde
 
 A = np.array([[-0.5, 1.2, 0.0], [0.3, 0.2, -0.7], [0.1, 0.4, -1.1]])
 
@@ -37,7 +33,7 @@ def _linear_velocity(t, x):
 def test_solve_ode_adaptive_matches_matrix_exponential(t0, t1, x64):
     x = np.array([0.3, -1.0, 2.0])
     y, info = jax.jit(
-        lambda x: solve_ode(_linear_velocity, x, t0, t1, sampler=nsi.ODESampler(),
+        lambda x: solve_ode(_linear_velocity, x, t0, t1, method=nsi.ODESampler(),
                             rtol=1e-10, atol=1e-10)
     )(x)
     exact = jax.scipy.linalg.expm(A * (t1**2 - t0**2) / 2) @ x
@@ -48,7 +44,7 @@ def test_solve_ode_adaptive_matches_matrix_exponential(t0, t1, x64):
 def test_solve_ode_fixed_steps_is_exactly_euler(x64):
     a, n = -0.8, 8
     sampler = nsi.ODESampler(diffrax.Euler(), n_steps=n)
-    y, info = solve_ode(lambda t, x: a * x, jnp.array([1.5]), 0.0, 1.0, sampler=sampler,
+    y, info = solve_ode(lambda t, x: a * x, jnp.array([1.5]), 0.0, 1.0, method=sampler,
                         rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(y, 1.5 * (1 + a / n) ** n, rtol=1e-13)
     assert int(info.num_steps) == n and bool(info.succeeded)
@@ -56,12 +52,12 @@ def test_solve_ode_fixed_steps_is_exactly_euler(x64):
 
 def test_solve_ode_reports_exhausted_step_budget(x64):
     y, info = solve_ode(_linear_velocity, jnp.ones(3), 0.0, 1.0,
-                        sampler=nsi.ODESampler(max_steps=2), rtol=1e-10, atol=1e-10)
+                        method=nsi.ODESampler(max_steps=2), rtol=1e-10, atol=1e-10)
     assert not bool(info.succeeded)
 
 
 # ----------------------------------------------------------------------------------------------
-# ODE log-likelihood (MATH.md section 4)
+# ODE log-likelihood (docs/math.md section 4)
 # ----------------------------------------------------------------------------------------------
 
 
@@ -83,7 +79,7 @@ def test_ode_log_likelihood_of_a_linear_flow(t, x64):
     @jax.jit
     def log_likelihood(x):
         return ode_log_likelihood(
-            _linear_velocity, _base_log_prob, x, t, 0.0, sampler=nsi.ODESampler(),
+            _linear_velocity, _base_log_prob, x, t, 0.0, method=nsi.ODELikelihood(),
             divergence=nsi.ExactDivergence(), key=None, rtol=1e-10, atol=1e-10,
         )
 
@@ -97,7 +93,7 @@ def test_ode_log_likelihood_fixed_steps(x64):
     x = np.array([0.5, -0.2, 1.0])
     lp, info = ode_log_likelihood(
         _linear_velocity, _base_log_prob, x, 1.0, 0.0,
-        sampler=nsi.ODESampler(diffrax.Tsit5(), n_steps=32), divergence=nsi.ExactDivergence(),
+        method=nsi.ODELikelihood(diffrax.Tsit5(), n_steps=32), divergence=nsi.ExactDivergence(),
         key=None, rtol=1.0, atol=1.0,
     )
     assert int(info.num_steps) == 32
@@ -108,7 +104,7 @@ def test_ode_log_likelihood_fixed_steps(x64):
 def test_ode_log_likelihood_is_minus_inf_when_out_of_steps(x64):
     lp, info = ode_log_likelihood(
         _linear_velocity, _base_log_prob, jnp.ones(3), 1.0, 0.0,
-        sampler=nsi.ODESampler(max_steps=2), divergence=nsi.ExactDivergence(), key=None,
+        method=nsi.ODELikelihood(max_steps=2), divergence=nsi.ExactDivergence(), key=None,
         rtol=1e-10, atol=1e-10,
     )
     assert float(lp) == -np.inf and not bool(info.succeeded)

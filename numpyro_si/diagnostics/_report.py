@@ -12,10 +12,9 @@ import numpy as np
 import pandas as pd
 from jaxtyping import PRNGKeyArray
 
-from .._constrained import ConstrainedSIFlow
 from .._distribution import SIFlow
 from .._training import TrainHistory
-from ._cross_entropy import CrossEntropy, as_sample_array, cross_entropy
+from ._cross_entropy import CrossEntropy, as_sample_array, cross_entropy, unconstrained_flow
 from ._importance import ImportanceDiagnostics, importance_diagnostics
 from ._loss_profile import LossProfile, loss_profile
 from ._plots import plot_loss_curves, plot_loss_profile, plot_marginals, plot_nll_histogram
@@ -99,10 +98,10 @@ def diagnostic_report(
 
     **Returns:** a `DiagnosticReport`; `print(report)` shows the table.
     """
-    if not isinstance(flow, SIFlow | ConstrainedSIFlow) or len(flow.event_shape) != 1:
+    unconstrained_flow(flow)  # refuses a ConditionalSIFlow (condition it first) and non-flows
+    if len(flow.event_shape) != 1:
         raise TypeError(
-            "diagnostic_report needs an SIFlow or a ConstrainedSIFlow with vector draws, got"
-            f" {flow!r}."
+            f"diagnostic_report needs a flow with vector draws, got event shape {flow.event_shape}."
         )
     points = as_sample_array(heldout, tuple(flow.event_shape), var_names=var_names,
                              name="heldout")

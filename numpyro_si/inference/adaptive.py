@@ -73,7 +73,13 @@ from .._checks import check_positive_int, check_real, reject_unknown
 from .._distribution import SIFlow
 from .._interpolants import LinearInterpolant, OneSidedLinearInterpolant
 from .._networks import FieldMLPSpec
-from .._training import default_optimizer, train
+from .._training import (
+    RENAMED_TRAIN_OPTIONS,
+    TRAIN_DEFAULTS,
+    check_train_options,
+    default_optimizer,
+    train,
+)
 from . import mixed
 from .independence import flow_log_density
 
@@ -675,6 +681,8 @@ def run(
     local = LocalKernel(local) if isinstance(local, str) else local
     if not isinstance(local, LocalKernel):
         raise TypeError(f"local must be a LocalKernel or a kernel name, got {local!r}.")
+    if not isinstance(network, FieldMLPSpec):
+        raise TypeError(f"network must be an nsi.FieldMLPSpec, got {network!r}.")
     for name, value in (("n_local", n_local), ("n_warmup_rounds", n_warmup_rounds),
                         ("n_warmup_steps", n_warmup_steps), ("n_production", n_production)):
         check_positive_int(name, value)
@@ -734,10 +742,16 @@ def _per_round(fit_steps, n_rounds: int) -> list[int]:
 
 
 def _check_train_options(train_options) -> dict:
+    """`train_options` checked now, not at the first round's training: `train`'s options
+    without those `run` sets."""
     train_options = dict(train_options or {})
+    allowed = [name for name in TRAIN_DEFAULTS if name not in _RUN_SETS]
+    unknown = {name: value for name, value in train_options.items() if name not in allowed}
     for name in _RUN_SETS:
         if name in train_options:
             raise ValueError(f"train_options must not set {name!r}; run sets it.")
+    reject_unknown(unknown, "adaptive.run(train_options=...)", RENAMED_TRAIN_OPTIONS,
+                   known=allowed)
     if train_options.get("optimizer") is not None and (
         "learning_rate" in train_options or "weight_decay" in train_options
     ):
@@ -745,4 +759,11 @@ def _check_train_options(train_options) -> dict:
             "learning_rate and weight_decay configure the default optimiser; with your own"
             " `optimizer`, set them there."
         )
+    # the values (the optimiser's own options are checked apart: run builds the optimiser)
+    optimizer_options = ("optimizer", "learning_rate", "weight_decay")
+    check_train_options({k: v for k, v in train_options.items() if k not in optimizer_options},
+                        "adaptive.run(train_options=...)")
+    for name in ("learning_rate", "weight_decay"):
+        if name in train_options:
+            check_real(name, train_options[name], low=0.0, low_open=name == "learning_rate")
     return train_options

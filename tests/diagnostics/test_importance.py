@@ -1,7 +1,7 @@
-"""Importance diagnostics against unnormalised targets (MATH.md section 5): log Z, reverse KL,
+"""Importance diagnostics against unnormalised targets (docs/math.md section 5): log Z, reverse KL,
 ESS and Pareto k, NumPyro-model targets and the forward cross-entropy.
 
-The flows are exact oracle flows (closed-form velocity, MATH.md section 6) whose density q is
+The flows are exact oracle flows (closed-form velocity, docs/math.md section 6) whose density q is
 known in closed form, so every estimate has an exact answer. Statistical assertions compare an
 estimate with its own standard error (fixed keys, 3 se) and require that se to be small.
 """
@@ -14,6 +14,7 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from helpers import toy_conditional_flow
 
 import numpyro_si as nsi
 from numpyro_si.diagnostics import (
@@ -30,12 +31,12 @@ def widened(mixture, factor):
     return GaussianMixture(mixture.weights, mixture.means, factor * mixture.covariances)
 
 
-def oracle_flow(target, **options):
-    """The exact one-sided flow to `target`: its density is target.log_prob (up to the solver)."""
+def oracle_flow(target, **settings):
+    """The exact one-sided flow to `target`: its density is target.log_prob (up to the solver).
+    `settings`: fields of its `SolverSettings` (default rtol = atol = 1e-8)."""
     oracle = GaussianMixtureOracle(nsi.OneSidedLinearInterpolant(), target)
-    return nsi.SIFlow(
-        oracle.interpolant, oracle.velocity, dim=target.dim, rtol=1e-8, atol=1e-8, **options
-    )
+    settings = nsi.SolverSettings(**(dict(rtol=1e-8, atol=1e-8) | settings))
+    return nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=target.dim, settings=settings)
 
 
 def test_log_z_of_a_scaled_target(x64):
@@ -73,7 +74,7 @@ def test_log_z_of_a_scaled_target(x64):
 
     # an SDE-sampling flow is scored by its ODE model (the density log_prob evaluates)
     sde = importance_diagnostics(
-        jax.random.key(1), flow.with_sampler("sde", eps=1.0), log_target, n=1000
+        jax.random.key(1), flow.with_settings(sampler="sde", eps=1.0), log_target, n=1000
     )
     assert sde.log_z == pytest.approx(result.log_z, abs=1e-8)
 
@@ -167,12 +168,14 @@ def test_bad_input():
         importance_diagnostics(key, flow, standard, n=1)
     with pytest.raises(TypeError, match="SIFlow"):
         importance_diagnostics(key, dist.Normal(0.0, 1.0), standard, n=8)
+    with pytest.raises(TypeError, match=r"condition the flow first, flow\.condition\(y\)"):
+        importance_diagnostics(key, toy_conditional_flow(), standard, n=8)
     # one value per coordinate instead of one per point
     with pytest.raises(ValueError, match=r"returned shape \(8, 2\)"):
         importance_diagnostics(key, flow, lambda x: dist.Normal(0.0, 1.0).log_prob(x), n=8)
     # a density on R^3 against a 2-d flow
     precision = jnp.eye(3)
-    with pytest.raises(ValueError, match="dimension is 2"):
+    with pytest.raises(ValueError, match=r"event shape is \(2,\)"):
         importance_diagnostics(key, flow, lambda x: -0.5 * x @ precision @ x, n=8)
 
     def model_3d():

@@ -1,4 +1,4 @@
-"""loss_profile and the Girsanov KL bound (MATH.md sections 2 and 5) against the Gaussian-mixture
+"""loss_profile and the Girsanov KL bound (docs/math.md sections 2 and 5) against the Gaussian-mixture
 oracle (section 6).
 
 Statistical assertions compare an estimate with its own standard error (fixed keys): 4 se at each
@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 import pytest
+from helpers import toy_conditional_flow
 from numpyro.distributions.transforms import AffineTransform, IndependentTransform
 
 import numpyro_si as nsi
@@ -38,8 +39,9 @@ def two_sided_oracle():
     return GaussianMixtureOracle(nsi.LinearInterpolant(nsi.BrownianGamma(1.0)), target, base)
 
 
-def shifted_flow(oracle, velocity_shift=(0.0, 0.0), score_shift=None, **options):
-    """An SIFlow whose fields are the oracle's plus constant vectors."""
+def shifted_flow(oracle, velocity_shift=(0.0, 0.0), score_shift=None, **settings):
+    """An SIFlow whose fields are the oracle's plus constant vectors; `settings`: fields of its
+    `SolverSettings`."""
     c = jnp.asarray(velocity_shift)
     score = None
     if score_shift is not None:
@@ -50,7 +52,7 @@ def shifted_flow(oracle, velocity_shift=(0.0, 0.0), score_shift=None, **options)
         base = oracle.base_distribution()
     return nsi.SIFlow(
         oracle.interpolant, lambda t, x: oracle.velocity(t, x) + c, score, base,
-        dim=oracle.dim, **options,
+        dim=oracle.dim, settings=nsi.SolverSettings(**settings),
     )
 
 
@@ -96,7 +98,7 @@ def test_exact_field_has_zero_excess(x64):
 
 
 def test_minimal_loss_profile_matches_the_oracle(x64):
-    """For the exact velocity L_b(t) = min L_b(t) = -1/2 E|b(t, x_t)|^2 (MATH.md section 6),
+    """For the exact velocity L_b(t) = min L_b(t) = -1/2 E|b(t, x_t)|^2 (docs/math.md section 6),
     estimated independently from exact draws of x_t."""
     oracle = GaussianMixtureOracle(
         nsi.OneSidedLinearInterpolant(), GaussianMixture.random(jax.random.key(0), 2, 3)
@@ -208,6 +210,8 @@ def test_bad_input():
         loss_profile(key, flow, data, n_repeats=0)
     with pytest.raises(TypeError, match="SIFlow"):
         loss_profile(key, oracle, data)
+    with pytest.raises(TypeError, match="condition the ConditionalSIFlow first"):
+        loss_profile(key, toy_conditional_flow(), data)
     three_d = GaussianMixtureOracle(
         nsi.OneSidedLinearInterpolant(), GaussianMixture.random(jax.random.key(0), 3, 2)
     )
@@ -333,9 +337,7 @@ def test_sde_sampler_output_is_the_shifted_target(x64):
     eps = 1.0
     c, c_score = jnp.asarray(SHIFT), jnp.asarray(SCORE_SHIFT)
     predicted = oracle.target.means[0] + sde_mean_shift(oracle, eps, c + eps * c_score)
-    flow = shifted_flow(oracle, SHIFT, SCORE_SHIFT, sampler="sde", eps=eps).with_sampler(
-        n_steps=200
-    )
+    flow = shifted_flow(oracle, SHIFT, SCORE_SHIFT, sampler=nsi.SDESampler(eps, n_steps=200))
     n = 2000
     draws = flow.sample(jax.random.key(12), (n,))
     se = jnp.std(draws, axis=0, ddof=1) / math.sqrt(n)

@@ -8,6 +8,7 @@ import pytest
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from helpers import toy_conditional_flow  # noqa: E402
 
 import numpyro_si as nsi  # noqa: E402
 from numpyro_si import diagnostics  # noqa: E402
@@ -28,8 +29,11 @@ def oracle_flow():
 
 def test_report_table_and_figures(oracle_flow, tmp_path):
     flow, oracle, target, heldout = oracle_flow
-    history = {"train_loss": np.array([0.0, -0.5, -0.6]), "val_loss": np.array([0.0, -0.4, -0.5]),
-               "epoch": np.array([1, 2, 3]), "best_epoch": 3}
+    history = nsi.TrainHistory(
+        train_loss=np.array([0.0, -0.5, -0.6]), val_loss=np.array([0.0, -0.4, -0.5]),
+        val_loss_smoothed=np.array([0.0, -0.2, -0.3]), epoch=np.array([1, 2, 3]), best_epoch=3,
+        stopped_early=False, num_steps=30, steps_per_epoch=10,
+    )
     report = diagnostics.diagnostic_report(
         jax.random.key(1), flow, heldout, history=history, oracle=oracle,
         log_target=lambda x: target.log_prob(x) + jnp.log(3.0), n_samples=300, n_importance=300,
@@ -63,6 +67,8 @@ def test_report_bad_input(oracle_flow):
     flow, _, _, heldout = oracle_flow
     with pytest.raises(TypeError, match="SIFlow"):
         diagnostics.diagnostic_report(jax.random.key(0), object(), heldout)
+    with pytest.raises(TypeError, match="condition"):
+        diagnostics.diagnostic_report(jax.random.key(0), toy_conditional_flow(), heldout)
     with pytest.raises(ValueError, match="dimension|shape"):
         diagnostics.diagnostic_report(jax.random.key(0), flow, jnp.zeros((10, 3)))
 
@@ -70,8 +76,8 @@ def test_report_bad_input(oracle_flow):
 def test_plot_functions_validate_input():
     with pytest.raises(ValueError, match="same d"):
         diagnostics.plot_marginals(np.zeros((5, 2)), np.zeros((5, 3)))
-    with pytest.raises(ValueError, match="val_loss"):
-        diagnostics.plot_loss_curves({"train_loss": [1.0]})
+    with pytest.raises(TypeError, match="history must be the TrainHistory"):
+        diagnostics.plot_loss_curves({"train_loss": [1.0], "val_loss": [1.0]})
     fig = diagnostics.plot_nll_histogram(np.array([1.0, 2.0, np.inf]))
     assert "non-finite" in fig.axes[0].get_title()
     plt.close("all")

@@ -1,4 +1,4 @@
-"""The SDE-model log-likelihood estimator (MATH.md section 4), with the oracle's exact fields.
+"""The SDE-model log-likelihood estimator (docs/math.md section 4), with the oracle's exact fields.
 
 With the true fields the estimator targets the exact log rho1 for every eps; its only systematic
 error is the Euler-Maruyama discretisation bias, measured below and allowed for explicitly.
@@ -10,12 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import toy_conditional_flow
 
 import numpyro_si as nsi
 from numpyro_si.diagnostics import SDELikelihood, sde_log_likelihood
-from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
 
-DIM = 2
+from . import DIM, make_flow
+
 N_POINTS = 12
 N_PATHS = 16
 N_STEPS = 500
@@ -27,34 +28,6 @@ N_STEPS = 500
 #   one-sided, DecayingEps(1):  +0.0018 +- 0.0011
 # Every |error| + 2 se is below 0.01; the allowance is twice that.
 BIAS_ALLOWANCE = 0.02
-
-TARGET = dict(
-    weights=[0.3, 0.45, 0.25],
-    means=[[-1.5, 0.5], [1.0, 1.2], [0.3, -1.4]],
-    covariances=[[[0.6, 0.2], [0.2, 0.5]], [[0.4, -0.1], [-0.1, 0.7]], [[0.8, 0.0], [0.0, 0.3]]],
-)
-BASE = dict(
-    weights=[0.6, 0.4],
-    means=[[0.5, 0.0], [-0.5, 0.3]],
-    covariances=[[[1.0, 0.3], [0.3, 1.0]], [[0.8, 0.0], [0.0, 1.2]]],
-)
-
-
-def make_flow(kind="two-sided", **options):
-    """Exact fields of a smooth 2-d mixture: two-sided linear interpolant (Brownian gamma,
-    Gaussian-mixture base, with the score) or one-sided velocity-only. Returns (flow, target)."""
-    target = GaussianMixture(**TARGET)
-    if kind == "two-sided":
-        interpolant = nsi.LinearInterpolant(nsi.BrownianGamma(1.0))
-        oracle = GaussianMixtureOracle(interpolant, target, GaussianMixture(**BASE))
-        flow = nsi.SIFlow(
-            oracle.interpolant, oracle.velocity, oracle.score, base=oracle.base_distribution(),
-            dim=DIM, **options,
-        )
-    else:
-        oracle = GaussianMixtureOracle(nsi.OneSidedLinearInterpolant(), target)
-        flow = nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=DIM, **options)
-    return flow, target
 
 
 def mean_error(result, exact):
@@ -105,8 +78,8 @@ def test_eps_zero_is_the_euler_ode_likelihood(x64):
     # Euler on the same grid (SIFlow.log_prob with a fixed-step Euler solver) is an independent
     # implementation of the same numbers, including the standardization's log-Jacobian.
     standardization = nsi.Standardization(jnp.array([0.3, -0.2]), jnp.array([1.5, 0.7]))
-    euler = nsi.ODESampler(solver=diffrax.Euler(), n_steps=64)
-    flow, target = make_flow(standardization=standardization, likelihood_solver=euler)
+    euler = nsi.ODELikelihood(solver=diffrax.Euler(), n_steps=64)
+    flow, target = make_flow(standardization=standardization, likelihood=euler)
     x = standardization.inverse(target.sample(jax.random.key(0), 5)[0])
     result = sde_log_likelihood(jax.random.key(1), flow, x, eps=0.0, n_paths=2, n_steps=64)
     np.testing.assert_allclose(result.values[:, 0], result.values[:, 1], rtol=0, atol=1e-12)
@@ -177,3 +150,7 @@ def test_bad_points_and_options():
         sde_log_likelihood(key, flow, jnp.zeros(DIM), eps=1.0, n_paths=1)
     with pytest.raises(ValueError, match="eps0 must be a non-negative"):
         sde_log_likelihood(key, flow, jnp.zeros(DIM), eps=-1.0)
+    with pytest.raises(TypeError, match=r"condition the ConditionalSIFlow first"):
+        sde_log_likelihood(key, toy_conditional_flow(), jnp.zeros(DIM), eps=1.0)
+    with pytest.raises(TypeError, match="SIFlow or a ConstrainedSIFlow"):
+        sde_log_likelihood(key, object(), jnp.zeros(DIM), eps=1.0)

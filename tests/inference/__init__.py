@@ -1,5 +1,5 @@
 """Shared problem for the MCMC tests: a 2-d Gaussian mixture target with two well-separated modes
-of unequal weights, and an oracle flow (closed-form velocity, MATH.md section 6) to a slightly
+of unequal weights, and an oracle flow (closed-form velocity, docs/math.md section 6) to a slightly
 different mixture as the proposal, so q is known exactly and differs from pi.
 
 Statistical assertions compare a chain estimate with its Monte Carlo standard error,
@@ -13,6 +13,7 @@ import numpy as np
 from numpyro.diagnostics import effective_sample_size
 
 import numpyro_si as nsi
+from numpyro_si.inference import run_chain
 from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
 
 MEANS = [[-4.0, 1.0], [4.0, -1.0]]  # ~16 nats of barrier between the modes: local MCMC is stuck
@@ -21,8 +22,9 @@ TARGET_WEIGHTS = [0.3, 0.7]
 N_SE = 4.0
 
 
-def mixture_problem(**flow_options):
-    """(target, proposal mixture, flow); call under float64 (`x64` fixture).
+def mixture_problem(**settings):
+    """(target, proposal mixture, flow); call under float64 (`x64` fixture). `settings`: fields
+    of the flow's `SolverSettings`, changing the defaults below.
 
     The proposal has the target's means, covariances scaled by 1.3 and weights 0.5/0.5; the flow
     is the exact-velocity ODE flow to it, adaptive Tsit5 at rtol = atol = 1e-7 (its log q is then
@@ -33,9 +35,17 @@ def mixture_problem(**flow_options):
     target = GaussianMixture(jnp.array(TARGET_WEIGHTS), jnp.array(MEANS), jnp.array(COVARIANCES))
     proposal = GaussianMixture(jnp.array([0.5, 0.5]), target.means, 1.3 * target.covariances)
     oracle = GaussianMixtureOracle(nsi.OneSidedLinearInterpolant(), proposal)
-    options = dict(rtol=1e-7, atol=1e-7) | flow_options
-    flow = nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=2, **options)
+    settings = nsi.SolverSettings(**(dict(rtol=1e-7, atol=1e-7) | settings))
+    flow = nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=2, settings=settings)
     return target, proposal, flow
+
+
+def run_parallel(algorithm, key, positions, n_steps):
+    """`n_steps` of `algorithm` on len(positions) chains in parallel (vmap of a jitted scan)."""
+    states = jax.jit(jax.vmap(algorithm.init))(positions)  # eager diffrax solves are slow
+    keys = jax.random.split(key, positions.shape[0])
+    run = jax.jit(jax.vmap(lambda k, s: run_chain(k, algorithm.step, s, n_steps)))
+    return run(keys, states)
 
 
 def target_moments(target):

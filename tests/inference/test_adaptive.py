@@ -20,8 +20,9 @@ from . import assert_unbiased, in_second_mode, mixture_problem, target_moments
 N_CHAINS = 8
 TINY = dict(
     n_local=2, n_warmup_rounds=1, n_warmup_steps=10, n_production=15, fit_steps=50,
-    fit_options=dict(width=16, depth=1, batch_size=64, val_prop=0.0), check_solver_error=False,
-    show_progress=False,
+    network=nsi.FieldMLPSpec(width=16, depth=1),
+    train_options=dict(batch_size=64, validation=nsi.Validation(fraction=0.0)),
+    check_solver_error=False, show_progress=False,
 )
 
 
@@ -49,7 +50,8 @@ def test_shapes_counts_and_frozen_flow():
     n_local, steps = TINY["n_local"], TINY["n_warmup_steps"]
     assert result.grad_evals_warmup == N_CHAINS * (1 + steps * n_local)
     assert result.grad_evals_production == N_CHAINS * 2 * steps * (n_local + 1)
-    assert len(result.warmup["fit_history"]) == 1
+    (history,) = result.warmup["train_history"]
+    assert isinstance(history, nsi.TrainHistory) and history.num_steps == TINY["fit_steps"]
     assert result.warmup["n_training_points"] == [N_CHAINS * steps * n_local]
     assert np.isnan(result.warmup["global_acceptance"][0])
     assert 0.0 <= float(jnp.mean(result.global_acceptance)) <= 1.0
@@ -57,6 +59,24 @@ def test_shapes_counts_and_frozen_flow():
     idata = result.to_inference_data()
     assert idata.posterior["x"].shape == (N_CHAINS, 15, 2)
     assert "global_acceptance_rate" in idata.sample_stats
+
+
+def test_warm_up_rounds_resume_one_optimiser():
+    """Every warm-up round trains the same flow further with one optimiser: each round takes its
+    own `fit_steps`, and the optimiser state's step counts run on across rounds (a fresh
+    optimiser per round would restart them)."""
+    target, _, _ = mixture_problem()
+    start = split_start(target).astype(jnp.float32)
+    result = adaptive.run(jax.random.key(1), target.log_prob, start,
+                          **(TINY | dict(n_warmup_rounds=2, fit_steps=[30, 20])))
+    histories = result.warmup["train_history"]
+    assert [history.num_steps for history in histories] == [30, 20]
+    for history, total in zip(histories, (30, 50), strict=True):
+        counts = [leaf for leaf in jax.tree.leaves(history.opt_state)
+                  if jnp.issubdtype(leaf.dtype, jnp.integer)]
+        assert counts and all(int(count) == total for count in counts), counts
+    assert result.warmup["n_training_points"] == [N_CHAINS * 10 * 2] * 2
+    assert np.isfinite(result.warmup["global_acceptance"][1])
 
 
 def test_whitened_flow_is_the_linear_image_of_the_whitened_flow(x64):
@@ -123,28 +143,41 @@ def test_bad_inputs():
         run(key, log_half_plane, good.at[jnp.array([0, 3]), 0].set(-5.0), **TINY)
     with pytest.raises(ValueError, match="scalar"):
         run(key, lambda x: x, good, **TINY)
-    with pytest.raises(ValueError, match="local must be one of"):
+    with pytest.raises(ValueError, match="kernel must be one of"):
         run(key, target.log_prob, good, local="slice", **TINY)
-    with pytest.raises(ValueError, match="target_acceptance"):
+    # a kernel factory comes inside a LocalKernel, which needs its target acceptance
+    with pytest.raises(TypeError, match="LocalKernel"):
         run(key, target.log_prob, good, local=blackjax.mala, **TINY)
+    with pytest.raises(ValueError, match="target_acceptance"):
+        adaptive.LocalKernel(blackjax.mala)
     with pytest.raises(ValueError, match="inverse_mass_matrix"):
-        run(key, target.log_prob, good, local="nuts", inverse_mass_matrix=jnp.ones(3), **TINY)
+        run(key, target.log_prob, good,
+            local=adaptive.LocalKernel("nuts", inverse_mass_matrix=jnp.ones(3)), **TINY)
     with pytest.raises(ValueError, match="n_warmup_rounds"):
         run(key, target.log_prob, good, **(TINY | dict(n_warmup_rounds=0)))
     with pytest.raises(ValueError, match="fit_steps"):
         run(key, target.log_prob, good, **(TINY | dict(fit_steps=[10, 10])))
     with pytest.raises(ValueError, match="step_size"):
-        run(key, target.log_prob, good, step_size=-0.1, **TINY)
-    with pytest.raises(ValueError, match="whiten=True"):
-        run(key, target.log_prob, good, **(TINY | dict(fit_options=dict(standardize=True))))
-    with pytest.raises(ValueError, match="velocity_network"):
-        run(key, target.log_prob, good,
-            **(TINY | dict(fit_options=dict(velocity_network=None))))
+        adaptive.LocalKernel("mala", step_size=-0.1)
+    # the options of earlier versions name their new place
+    with pytest.raises(TypeError, match=r"'step_size', which is now local=adaptive\.LocalKernel"):
+        run(key, target.log_prob, good, step_size=0.1, **TINY)
+    with pytest.raises(TypeError, match="'fit_options', which is now network="):
+        run(key, target.log_prob, good, fit_options=dict(width=16), **TINY)
+    # run sets the training length and the optimiser state itself
+    for name, value in (("num_steps", 10), ("opt_state", None), ("show_progress", True)):
+        with pytest.raises(ValueError, match=f"must not set '{name}'"):
+            run(key, target.log_prob, good,
+                **(TINY | dict(train_options=TINY["train_options"] | {name: value})))
+    # the build options of the old fit_options (standardize, the networks) are no train options
+    for name, value in (("standardize", True), ("velocity_network", None)):
+        with pytest.raises(TypeError, match=rf"unexpected option\(s\) \['{name}'\]"):
+            run(key, target.log_prob, good, **(TINY | dict(train_options={name: value})))
 
 
 STATISTICAL = dict(
     n_warmup_rounds=3, n_warmup_steps=100, fit_steps=1000,
-    fit_options=dict(width=64, depth=2), show_progress=False,
+    network=nsi.FieldMLPSpec(width=64, depth=2), show_progress=False,
 )
 
 

@@ -7,22 +7,24 @@ oracle flow to the same means with 1.3x covariances and weights 0.5 / 0.5 (see `
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 import pytest
+from helpers import toy_conditional_flow
+from numpyro.distributions import constraints
 
 import numpyro_si as nsi
 from numpyro_si.inference import IMHInfo, IMHState, independence, run_chain
+from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
 
-from . import assert_unbiased, assert_within_mc_error, expected_imh_acceptance, mixture_problem
+from . import (
+    assert_unbiased,
+    assert_within_mc_error,
+    expected_imh_acceptance,
+    mixture_problem,
+    run_parallel,
+)
 
 N_CHAINS = 4
-
-
-def run_parallel(algorithm, key, positions, n_steps):
-    """`n_steps` of `algorithm` on len(positions) chains in parallel (vmap of a jitted scan)."""
-    states = jax.jit(jax.vmap(algorithm.init))(positions)  # eager diffrax solves are slow
-    keys = jax.random.split(key, positions.shape[0])
-    run = jax.jit(jax.vmap(lambda k, s: run_chain(k, algorithm.step, s, n_steps)))
-    return run(keys, states)
 
 
 @pytest.mark.slow  # statistical; `make test-all`
@@ -83,7 +85,7 @@ def test_failed_proposal_density_is_never_accepted(x64):
     chain does not move and nothing becomes NaN, whether or not log q of the current state is
     finite."""
     target, _, good_flow = mixture_problem()
-    bad_flow = good_flow.with_sampler(likelihood_solver=nsi.ODESampler(max_steps=2))
+    bad_flow = good_flow.with_settings(likelihood=nsi.ODELikelihood(max_steps=2))
     kernel = independence.build_kernel()
     start = target.means[1]
 
@@ -124,11 +126,43 @@ def test_pytree_positions(x64):
     assert bool(jnp.any(infos.is_accepted))
 
 
+def test_constrained_flow_proposes_on_its_support(x64):
+    """A ConstrainedSIFlow proposes points of its support: target theta ~ LogNormal(0.5, 0.4),
+    proposal the exact flow to log theta ~ N(0.5, 1.3 * 0.4^2) pushed through exp. The stored
+    log q is the flow's density on the support (the log-Jacobian -log theta included) and every
+    position stays positive."""
+    loc, scale = 0.5, 0.4
+    log_space = GaussianMixture(jnp.ones(1), jnp.array([[loc]]), jnp.array([[[1.3 * scale**2]]]))
+    oracle = GaussianMixtureOracle(nsi.OneSidedLinearInterpolant(), log_space)
+    flow = nsi.ConstrainedSIFlow(
+        nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=1,
+                   settings=nsi.SolverSettings(rtol=1e-7, atol=1e-7)),
+        constraints.positive,
+    )
+
+    def logdensity(theta):
+        return jnp.sum(dist.LogNormal(loc, scale).log_prob(theta))
+
+    def log_q(theta):
+        return log_space.log_prob(jnp.log(theta)) - jnp.log(theta[..., 0])
+
+    imh = independence.as_top_level_api(logdensity, flow)
+    start = jnp.array([1.5])
+    initial = jax.jit(imh.init)(start)
+    np.testing.assert_allclose(initial.proposal_logdensity, log_q(start[None])[0], atol=1e-6)
+    states, infos = jax.jit(lambda k, s: run_chain(k, imh.step, s, 30))(jax.random.key(6), initial)
+    assert states.position.shape == (30, 1) and bool(jnp.all(states.position > 0))
+    assert bool(jnp.any(infos.is_accepted)) and not bool(jnp.any(infos.proposal_logdensity_failed))
+    np.testing.assert_allclose(states.logdensity, jax.vmap(logdensity)(states.position),
+                               rtol=0, atol=1e-10)
+    np.testing.assert_allclose(states.proposal_logdensity, log_q(states.position), atol=1e-5)
+
+
 def test_inexact_proposals_are_refused(x64):
     target, _, flow = mixture_problem()
     start = target.means[0]
-    hutchinson = flow.with_sampler(divergence="hutchinson")
-    sde = flow.with_sampler("sde", eps=1.0)
+    hutchinson = flow.with_settings(divergence="hutchinson")
+    sde = flow.with_settings(sampler="sde", eps=1.0)
     for bad in (hutchinson, sde):
         with pytest.raises(ValueError, match="Hutchinson|SDE"):
             independence.init(start, target.log_prob, bad)
@@ -141,6 +175,10 @@ def test_inexact_proposals_are_refused(x64):
         independence.as_top_level_api(target.log_prob, target.to_numpyro())
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         independence.init(jnp.zeros(3), target.log_prob, flow)
-    fixed_step = flow.with_sampler(likelihood_solver=nsi.ODESampler(n_steps=8))
-    with pytest.warns(UserWarning, match="fixed step count"):
-        independence.as_top_level_api(target.log_prob, fixed_step)
+    with pytest.raises(TypeError, match=r"ConditionalSIFlow.*flow\.condition\(y\)"):
+        independence.as_top_level_api(target.log_prob, toy_conditional_flow())
+    fixed_steps = (flow.with_settings(likelihood=nsi.ODELikelihood(n_steps=8)),
+                   flow.with_settings(sampler=nsi.ODESampler(n_steps=8)))
+    for fixed_step, which in zip(fixed_steps, ("likelihood", "sampler"), strict=True):
+        with pytest.warns(UserWarning, match=f"flow.settings.{which} .*fixed step count"):
+            independence.as_top_level_api(target.log_prob, fixed_step)

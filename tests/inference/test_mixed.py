@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import toy_conditional_flow
 
 import numpyro_si as nsi
-from numpyro_si.inference import MixedInfo, MixedState, mixed, run_chain
+from numpyro_si.inference import MixedInfo, MixedState, mixed
 
 from . import (
     assert_unbiased,
@@ -19,18 +20,12 @@ from . import (
     expected_imh_acceptance,
     in_second_mode,
     mixture_problem,
+    run_parallel,
     target_moments,
 )
 
 N_CHAINS = 4
 N_STEPS = 2000
-
-
-def run_parallel(algorithm, key, positions, n_steps):
-    states = jax.jit(jax.vmap(algorithm.init))(positions)  # eager diffrax solves are slow
-    keys = jax.random.split(key, positions.shape[0])
-    run = jax.jit(jax.vmap(lambda k, s: run_chain(k, algorithm.step, s, n_steps)))
-    return run(keys, states)
 
 
 def test_local_kernels_alone_stay_stuck(x64):
@@ -102,7 +97,7 @@ def test_state_stays_consistent_across_global_moves(x64):
 
 def test_failed_flow_density_rejects_global_moves_only(x64):
     target, _, flow = mixture_problem()
-    bad_flow = flow.with_sampler(likelihood_solver=nsi.ODESampler(max_steps=2))
+    bad_flow = flow.with_settings(likelihood=nsi.ODELikelihood(max_steps=2))
     nuts = blackjax.nuts(target.log_prob, 0.5, jnp.ones(2))
     algorithm = mixed.as_top_level_api(target.log_prob, bad_flow, nuts)
     states, infos = run_parallel(algorithm, jax.random.key(3), target.means[:1], 30)
@@ -118,11 +113,14 @@ def test_failed_flow_density_rejects_global_moves_only(x64):
 def test_argument_errors(x64):
     target, _, flow = mixture_problem()
     nuts = blackjax.nuts(target.log_prob, 0.5, jnp.ones(2))
-    for bad in (flow.with_sampler(divergence="hutchinson"), flow.with_sampler("sde", eps=1.0)):
+    for bad in (flow.with_settings(divergence="hutchinson"),
+                flow.with_settings(sampler="sde", eps=1.0)):
         with pytest.raises(ValueError, match="Hutchinson|SDE"):
             mixed.as_top_level_api(target.log_prob, bad, nuts)
         with pytest.raises(ValueError, match="Hutchinson|SDE"):
             mixed.init(target.means[0], target.log_prob, bad, nuts.init)
+    with pytest.raises(TypeError, match=r"ConditionalSIFlow.*flow\.condition\(y\)"):
+        mixed.as_top_level_api(target.log_prob, toy_conditional_flow(), nuts)
     with pytest.raises(ValueError, match="local_init"):
         mixed.as_top_level_api(target.log_prob, flow, nuts.step)
     with pytest.raises(ValueError, match="n_local"):

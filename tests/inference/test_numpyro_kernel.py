@@ -7,10 +7,12 @@ import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import pytest
+from helpers import toy_conditional_flow
+from numpyro.distributions import constraints
 from numpyro.infer import MCMC, NUTS, SA
 
 import numpyro_si as nsi
-from numpyro_si.inference.numpyro_kernel import SIFlowBoost, unconstrained_draws
+from numpyro_si.inference import SIFlowBoost, unconstrained_draws
 from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
 
 from . import assert_unbiased, assert_within_mc_error, mixture_problem
@@ -59,7 +61,8 @@ def test_constrained_sites_use_the_unconstrained_space(x64):
     cov = 1.3 * jnp.diag(jnp.array([scale_m, scale_log_s]) ** 2)
     proposal = GaussianMixture(jnp.ones(1), mean[None], cov[None])
     oracle = GaussianMixtureOracle(nsi.OneSidedLinearInterpolant(), proposal)
-    flow = nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=2, rtol=1e-7, atol=1e-7)
+    flow = nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=2,
+                      settings=nsi.SolverSettings(rtol=1e-7, atol=1e-7))
     mcmc = MCMC(SIFlowBoost(NUTS(model), flow, n_local=2), num_warmup=200, num_samples=2000,
                 progress_bar=False)
     mcmc.run(jax.random.key(1))
@@ -87,7 +90,12 @@ def test_argument_errors(x64):
         numpyro.sample("x", dist.Normal(jnp.zeros(3), 1.0).to_event(1))
 
     with pytest.raises(ValueError, match="Hutchinson"):
-        SIFlowBoost(NUTS(model), flow.with_sampler(divergence="hutchinson"))
+        SIFlowBoost(NUTS(model), flow.with_settings(divergence="hutchinson"))
+    # the kernel moves in the model's unconstrained space: a flow on a support is refused
+    with pytest.raises(TypeError, match="unconstrained space"):
+        SIFlowBoost(NUTS(model), nsi.ConstrainedSIFlow(flow, constraints.positive))
+    with pytest.raises(TypeError, match=r"ConditionalSIFlow.*flow\.condition\(y\)"):
+        SIFlowBoost(NUTS(model), toy_conditional_flow())
     with pytest.raises(TypeError, match="refresh"):
         SIFlowBoost(SA(model), flow)
     with pytest.raises(ValueError, match="n_local"):
