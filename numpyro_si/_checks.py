@@ -114,12 +114,13 @@ def check_data(data: ArrayLike, name: str = "data", dim: int | None = None) -> A
 
 def check_points(
     x: ArrayLike, dim: int, name: str = "x", *, what: str = "flow", finite: bool = False,
-    min_rows: int = 0,
+    min_rows: int = 0, nonempty: bool = False,
 ) -> Array:
     """Points of a `dim`-dimensional space: an array of shape `(..., dim)` cast to float.
 
-    With `min_rows`, the shape must be `(n, dim)` with n >= `min_rows`; with `finite`, NaN and
-    inf are refused (only when the values are concrete, i.e. outside `jax.jit`).
+    With `min_rows`, the shape must be `(n, dim)` with n >= `min_rows`; with `nonempty`, at
+    least one point; with `finite`, NaN and inf are refused (only when the values are concrete,
+    i.e. outside `jax.jit`).
     """
     array = as_float_array(x, name)
     if min_rows:
@@ -132,6 +133,8 @@ def check_points(
             f"{name} must have shape (..., {dim}) for this {dim}-dimensional {what}, got"
             f" {array.shape}."
         )
+    if nonempty and array.size == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape}): no points to evaluate.")
     if finite and not isinstance(array, jax.core.Tracer):
         ok = np.asarray(jnp.all(jnp.isfinite(array.reshape(-1, dim)), axis=1))
         if not ok.all():

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from .._checks import check_points
 from .._constrained import ConstrainedSIFlow
 from .._distribution import SIFlow
 from .._dynamics import AbstractEps, Fields, as_eps
@@ -125,21 +126,9 @@ def sde_log_likelihood(
             " interpolant, whose score follows from the velocity."
         )
     eps = as_eps(eps)
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.zeros(()).dtype)
-    if x.ndim == 0 or x.shape[-1] != flow.dim:
-        raise ValueError(
-            f"Dimension mismatch: the flow has dimension {flow.dim} but x has shape {x.shape};"
-            f" x must have shape (..., {flow.dim})."
-        )
+    x = check_points(x, flow.dim, finite=True, nonempty=True)
     batch_shape = x.shape[:-1]
     flat = x.reshape(-1, flow.dim)
-    if flat.shape[0] == 0:
-        raise ValueError("x is empty: no points to evaluate.")
-    n_bad = int(jnp.sum(~jnp.all(jnp.isfinite(flat), axis=-1)))
-    if n_bad:
-        raise ValueError(f"x contains NaN or infinite values in {n_bad} of {flat.shape[0]} points.")
     # A traced flag, so both forms share one compilation.
     pathwise = jnp.asarray(form == "pathwise")
     values = _estimate(key, flow, flat, eps, n_paths, n_steps, pathwise)
