@@ -2,6 +2,7 @@
 
 from . import datasets, oracle
 from ._build import build_flow
+from ._checkpoint import Checkpoint
 from ._checks import check_data
 from ._conditional import ConditionalSIFlow, ConditionedField
 from ._constrained import ConstrainedSIFlow

@@ -8,6 +8,7 @@ to stop and which parameters to keep), and the loop that uses them.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -21,6 +22,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, PyTree
 from tqdm.auto import tqdm
 
 from ._build import _Samples, prepare_samples
+from ._checkpoint import Checkpoint, as_checkpoint, fingerprint, read_checkpoint, write_checkpoint
 from ._checks import check_data, check_positive_int, check_real, reject_unknown
 from ._conditional import ConditionalSIFlow, ConditionedField
 from ._constrained import ConstrainedSIFlow
@@ -34,6 +36,7 @@ from ._objectives import (
     score_loss,
     velocity_loss,
 )
+from ._version import __version__
 
 __all__ = [
     "train",
@@ -242,6 +245,8 @@ class TrainHistory(NamedTuple):
     - `num_steps`: optimiser steps taken; `steps_per_epoch`.
     - `opt_state`: the optimiser state after the last step: pass it back as
       `train(..., optimizer=same_optimizer, opt_state=history.opt_state)` to continue.
+    - `interrupted`: whether the user stopped training (Ctrl-C); the flow returned is then the
+      best one validated so far.
     """
 
     train_loss: np.ndarray
@@ -253,6 +258,7 @@ class TrainHistory(NamedTuple):
     num_steps: int
     steps_per_epoch: int
     opt_state: Any = None
+    interrupted: bool = False
 
     def __getitem__(self, key):
         if isinstance(key, str):  # the dict of earlier versions
@@ -366,62 +372,103 @@ class _Run(NamedTuple):
     validation_loss: Callable | None
     stopping: EarlyStopping
     patience: int
+    checkpoint: Checkpoint | None
+    fingerprint: str | None
 
 
-def _loop(run: _Run, key, params, state, *, show_progress: bool, description: str):
-    """Rounds until the plan is done or early stopping ends it; returns the parameters kept, the
-    final state and the `TrainHistory` (without the optimiser state)."""
+class _LoopState(NamedTuple):
+    """The state of a run between two rounds: all a checkpoint holds."""
+
+    rounds_done: int
+    key: PRNGKeyArray
+    params: PyTree
+    carry: tuple  # (optimiser state, moving average or None, steps taken)
+    stopping: StoppingState
+    best_params: PyTree
+    best_epoch: int
+    stopped_early: bool
+    train_losses: tuple[float, ...]
+    epochs: tuple[int, ...]
+
+
+def _one_round(run: _Run, state: _LoopState, description: str) -> tuple[_LoopState, dict]:
+    """One jitted round, its validation and the early-stopping decision."""
     plan = run.plan
-    epochs_per_round = plan.epochs_per_round
+    key, key_round = jax.random.split(state.key)
+    params, carry, train_loss = run.run_round(state.params, state.carry, key_round)
+    epochs_done = min((state.rounds_done + 1) * plan.epochs_per_round, plan.n_epochs)
+    train_loss = float(train_loss)
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(
+            f"{description}: the training loss became {train_loss} by epoch {epochs_done}; lower"
+            " the learning rate or check the data scale."
+        )
+    # the parameters validated and returned: the moving average when there is one
+    current = params if carry[1] is None else carry[1]
+    postfix = dict(epoch=epochs_done, train=f"{train_loss:.4f}")
+    stopping, best_params, best_epoch = state.stopping, current, epochs_done
+    if run.validation_loss is not None:
+        val_loss = float(run.validation_loss(current))
+        stopping = run.stopping.update(stopping, val_loss, run.patience)
+        if not stopping.improved:
+            best_params, best_epoch = state.best_params, state.best_epoch
+        postfix["val"] = f"{val_loss:.4f}"
+    return state._replace(
+        rounds_done=state.rounds_done + 1, key=key, params=params, carry=carry,
+        stopping=stopping, best_params=best_params, best_epoch=best_epoch,
+        stopped_early=stopping.stop, train_losses=state.train_losses + (train_loss,),
+        epochs=state.epochs + (epochs_done,),
+    ), postfix
 
-    def evaluated(params, state):
-        # the parameters validated and returned: the moving average when there is one
-        return params if state[1] is None else state[1]
 
-    history_train, history_epoch = [], []
-    stopping = run.stopping.init()
-    best_params, best_epoch, stopped_early = params, 0, False
-    bar = tqdm(range(plan.n_rounds), desc=description, disable=not show_progress, leave=False,
-               unit="round" if epochs_per_round > 1 else "epoch")
-    for round_index in bar:
-        key, key_round = jax.random.split(key)
-        params, state, train_loss = run.run_round(params, state, key_round)
-        epochs_done = min((round_index + 1) * epochs_per_round, plan.n_epochs)
-        train_loss = float(train_loss)
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"{description}: the training loss became {train_loss} by epoch {epochs_done}; lower the"
-                " learning rate or check the data scale."
-            )
-        history_train.append(train_loss)
-        history_epoch.append(epochs_done)
-        postfix = dict(epoch=epochs_done, train=f"{train_loss:.4f}")
-        current = evaluated(params, state)
-        if run.validation_loss is None:
-            best_params, best_epoch = current, epochs_done
-        else:
-            val_loss = float(run.validation_loss(current))
-            stopping = run.stopping.update(stopping, val_loss, run.patience)
-            if stopping.improved:
-                best_params, best_epoch = current, epochs_done
-            postfix["val"] = f"{val_loss:.4f}"
-        bar.set_postfix(**postfix, refresh=False)
-        if stopping.stop:
-            stopped_early = True
-            break
-    bar.close()
-    rounds_run = len(history_train)
+def _loop(run: _Run, key, params, carry, *, show_progress: bool, description: str):
+    """Rounds until the plan is done, early stopping ends it or the user interrupts it (Ctrl-C:
+    the run so far is kept); with a checkpoint, resumes from it and writes it as it goes.
+    Returns the parameters kept, the final carry and the `TrainHistory` (without the optimiser
+    state)."""
+    plan = run.plan
+    state = _LoopState(0, key, params, carry, run.stopping.init(), params, 0, False, (), ())
+    if run.checkpoint is not None:
+        state = read_checkpoint(run.checkpoint, run.fingerprint, state, StoppingState) or state
+    interrupted, last_write = False, time.monotonic()
+    bar = tqdm(total=plan.n_rounds, initial=state.rounds_done, desc=description,
+               disable=not show_progress, leave=False,
+               unit="round" if plan.epochs_per_round > 1 else "epoch")
+    try:
+        while state.rounds_done < plan.n_rounds and not state.stopped_early:
+            state, postfix = _one_round(run, state, description)
+            bar.update()
+            bar.set_postfix(**postfix, refresh=False)
+            if run.checkpoint is not None and (
+                time.monotonic() - last_write >= run.checkpoint.every_seconds
+            ):
+                write_checkpoint(run.checkpoint, run.fingerprint, state)
+                last_write = time.monotonic()
+    except KeyboardInterrupt:
+        interrupted = True
+        warnings.warn(
+            f"{description} interrupted after {len(state.train_losses)} round(s): returning the"
+            " best flow so far" + ("" if run.checkpoint is None else
+                                    f" (the run is saved in {run.checkpoint.path})") + ".",
+            RuntimeWarning, stacklevel=3,
+        )
+    finally:
+        bar.close()
+    if run.checkpoint is not None:
+        write_checkpoint(run.checkpoint, run.fingerprint, state)
     history = TrainHistory(
-        train_loss=np.asarray(history_train),
-        val_loss=np.asarray(stopping.val_losses),
-        val_loss_smoothed=np.asarray(stopping.smoothed),
-        epoch=np.asarray(history_epoch),
-        best_epoch=best_epoch,
-        stopped_early=stopped_early,
-        num_steps=min(rounds_run * epochs_per_round * plan.steps_per_epoch, plan.num_steps),
+        train_loss=np.asarray(state.train_losses),
+        val_loss=np.asarray(state.stopping.val_losses),
+        val_loss_smoothed=np.asarray(state.stopping.smoothed),
+        epoch=np.asarray(state.epochs),
+        best_epoch=state.best_epoch,
+        stopped_early=state.stopped_early,
+        num_steps=min(state.rounds_done * plan.epochs_per_round * plan.steps_per_epoch,
+                      plan.num_steps),
         steps_per_epoch=plan.steps_per_epoch,
+        interrupted=interrupted,
     )
-    return best_params, state, history
+    return state.best_params, state.carry, history
 
 
 def _networks(flow: AbstractFlow) -> dict:
@@ -470,13 +517,28 @@ def train_flow_space(
         validation_loss = eqx.filter_jit(
             lambda params: batch_loss(eqx.combine(params, static), key_val, val_repeated)
         )
+    checkpoint = as_checkpoint(options["checkpoint"])
+    digest = None if checkpoint is None else _run_fingerprint(
+        keys, train_set, val_set, params, state, options
+    )
     run = _Run(plan, _round_fn(batch_loss, static, optimizer, plan, train_set,
                                options["ema_decay"], dtype),
-               validation_loss, stopping, stopping.patience_in_validations(plan))
+               validation_loss, stopping, stopping.patience_in_validations(plan), checkpoint,
+               digest)
     best, state, history = _loop(run, key_train, params, state,
                                  show_progress=options["show_progress"], description=description)
     trained = _with_networks(flow, eqx.combine(best, static))
     return trained, history._replace(opt_state=state[0])
+
+
+def _run_fingerprint(keys, train_set, val_set, params, state, options) -> str:
+    """What a checkpoint must match to be resumed: keys, data, initial networks and optimiser
+    state, and the options that shape the run (a user optimiser by its initial state only)."""
+    shaping = {name: value for name, value in options.items()
+               if name not in ("checkpoint", "show_progress", "opt_state", "optimizer")}
+    return fingerprint(__version__, keys, train_set, val_set, params, state,
+                       repr(jax.tree.structure(params)), repr(sorted(shaping.items())),
+                       options["optimizer"] is None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -487,7 +549,7 @@ def train_flow_space(
 TRAIN_DEFAULTS = dict(
     num_steps=10_000, max_epochs=None, batch_size=512, learning_rate=5e-3, weight_decay=0.0,
     optimizer=None, opt_state=None, ema_decay=None, objective=None, validation=None,
-    early_stopping=None, show_progress=True,
+    early_stopping=None, checkpoint=None, show_progress=True,
 )
 
 #: Options of earlier versions of `fit` and where they are now.
@@ -528,6 +590,7 @@ def check_train_options(options: dict, where: str) -> dict:
         )
     if options["ema_decay"] is not None:
         check_real("ema_decay", options["ema_decay"], low=0.0, high=1.0, high_open=True)
+    as_checkpoint(options["checkpoint"])
     for name, kind in (("objective", Objective), ("validation", Validation),
                        ("early_stopping", EarlyStopping)):
         if options[name] is None:
@@ -619,7 +682,14 @@ def train(
     - `objective`: an `Objective` (time sampler, antithetic estimators).
     - `validation`: a `Validation` (held-out fraction, noise repeats, steps between
       validations); `early_stopping`: an `EarlyStopping` (patience, window).
+    - `checkpoint`: a path (or `nsi.Checkpoint(path, every_seconds)`): the run is saved there
+      atomically after validation rounds (at most once a minute by default), when it ends and
+      when it is interrupted; called again with the same arguments, `train` resumes from it and
+      ends bit for bit where an uninterrupted run ends.
     - `show_progress`: a tqdm progress bar over rounds.
+
+    Ctrl-C stops training between rounds and returns the best flow so far
+    (`history.interrupted`), saved to the checkpoint if there is one.
 
     `plan_steps` gives the layout (steps per epoch, rounds) a run will have.
     """

@@ -22,7 +22,7 @@ from numpyro_si.oracle import GaussianMixture
 
 HISTORY_KEYS = {
     "train_loss", "val_loss", "val_loss_smoothed", "epoch", "best_epoch", "stopped_early",
-    "num_steps", "steps_per_epoch", "opt_state",
+    "num_steps", "steps_per_epoch", "opt_state", "interrupted",
 }
 # small, quiet networks for fast fits
 SMALL = dict(network=nsi.FieldMLPSpec(width=32, depth=2), show_progress=False)
@@ -580,7 +580,8 @@ def test_old_option_names_say_what_they_are_now(option, value, new):
 
 def test_unknown_options_are_listed_with_the_accepted_ones():
     with pytest.raises(TypeError, match=r"fit got unexpected option\(s\) \['lr'\]\. It accepts:"
-                                        r" base, batch_size, context, early_stopping, ema_decay"):
+                                        r" base, batch_size, checkpoint, context, early_stopping,"
+                                        r" ema_decay"):
         fit_quick(lr=1e-3)
     flow = nsi.build_flow(jax.random.key(0), GOOD, network=TINY)
     with pytest.raises(TypeError, match=re.escape(
@@ -589,7 +590,8 @@ def test_unknown_options_are_listed_with_the_accepted_ones():
         nsi.train(jax.random.key(0), flow, GOOD, max_steps=1)
     # the flow is built: train takes no network options
     with pytest.raises(TypeError, match=r"train got unexpected option\(s\) \['network'\]\. It"
-                                        r" accepts: batch_size, early_stopping, ema_decay"):
+                                        r" accepts: batch_size, checkpoint, early_stopping,"
+                                        r" ema_decay"):
         nsi.train(jax.random.key(0), flow, GOOD, network=TINY)
 
 
@@ -932,7 +934,7 @@ def test_train_history_dict_access_warns_and_returns_the_attribute():
     # positions are the tuple's, without a warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert history[0] is history.train_loss and history[-3] == 18
+        assert history[0] is history.train_loss and history[-4] == 18
         assert history[4:6] == (6, False)
 
 
