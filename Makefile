@@ -25,12 +25,13 @@ install-bench: $(BENCH_STAMP)
 demo: install
 	$(PY) examples/demo.py
 
-# Fast suite (< 15 min on 2 cores); slow statistical tests are marked `slow`.
+# Fast suite (< 15 min on 2 cores); slow statistical tests are marked `slow`. The property-based
+# tests (tests/test_properties.py) run a few examples each here and ten times as many in test-all.
 test: install
 	$(PY) -m pytest -q -n 2
 
 test-all: install
-	$(PY) -m pytest -q -n 2 -m ""
+	NSI_HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -n 2 -m ""
 
 # Fresh .venv-min on the dependency floors of pyproject.toml (.ci/min-constraints.txt): smoke check
 # and a fast test subset.

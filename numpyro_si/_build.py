@@ -3,6 +3,7 @@ context, support), ready for `train`."""
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import equinox as eqx
@@ -186,6 +187,8 @@ def assemble_flow(key_velocity, key_score, samples: _Samples, options: _ModelOpt
             f" {tuple(options.base.event_shape)}."
         )
     standardization = Standardization.from_data(x) if options.standardize else None
+    if not options.standardize:
+        _warn_unless_unit_scale(x)
     context_dim = 0 if context is None else context.shape[1]
     velocity = options.velocity_network
     if velocity is None:
@@ -205,7 +208,7 @@ def assemble_flow(key_velocity, key_score, samples: _Samples, options: _ModelOpt
             if network is not None:
                 _check_context_network(network, name, dim, context_dim, dtype)
         context_standardization = (
-            Standardization.from_data(context) if options.standardize else None
+            Standardization.from_data(context, "context") if options.standardize else None
         )
         return ConditionalSIFlow(
             options.interpolant, velocity, score, context_dim=context_dim,
@@ -213,6 +216,19 @@ def assemble_flow(key_velocity, key_score, samples: _Samples, options: _ModelOpt
         )
     flow = SIFlow(options.interpolant, velocity, score, **common)
     return flow if options.support is None else ConstrainedSIFlow(flow, options.support)
+
+
+def _warn_unless_unit_scale(x) -> None:
+    """The default networks and the standard-normal base expect fields of order one."""
+    spread = float(jnp.max(jnp.std(x, axis=0)))
+    offset = float(jnp.max(jnp.abs(jnp.mean(x, axis=0))))
+    if spread > 100.0 or offset > 100.0 or 0.0 < spread < 1e-2:
+        warnings.warn(
+            f"standardize=False on data with standard deviation up to {spread:.3g} and mean up to"
+            f" {offset:.3g}: the networks and the base expect values of order one, so training"
+            " will be slow or fail; standardise (the default) or rescale the data.",
+            UserWarning, stacklevel=4,
+        )
 
 
 def _base_in_flow_space(base, standardization):

@@ -23,6 +23,7 @@ __all__ = [
     "describe_rows",
     "as_float_array",
     "reject_unknown",
+    "check_sample_shape",
 ]
 
 
@@ -70,8 +71,8 @@ def as_float_array(x: ArrayLike, name: str) -> Array:
     """`x` as a JAX array of floating dtype: integers are cast to the default float dtype;
     booleans, strings and objects are refused."""
     array = np.asarray(x) if not isinstance(x, jax.Array) else x
-    if array.dtype == object or array.dtype.kind in "bUSV":
-        raise TypeError(f"{name} must be a numeric array, got dtype {array.dtype}.")
+    if array.dtype == object or array.dtype.kind in "bUSVc":
+        raise TypeError(f"{name} must be a real numeric array, got dtype {array.dtype}.")
     array = jnp.asarray(array)
     if not jnp.issubdtype(array.dtype, jnp.floating):
         array = array.astype(jnp.zeros(()).dtype)
@@ -93,6 +94,11 @@ def check_data(data: ArrayLike, name: str = "data", dim: int | None = None) -> A
         raise TypeError(
             f"{name} must be a floating-point array, got dtype {array.dtype}. Cast it to float"
             " (and dequantise discrete data first)."
+        )
+    if jnp.finfo(array.dtype).bits < 32:
+        raise TypeError(
+            f"{name} has dtype {array.dtype}, too coarse to train in (its range and resolution"
+            " break the standardisation and the optimiser); cast it to float32 or float64."
         )
     if array.ndim != 2:
         raise ValueError(f"{name} must have shape (N, d), got shape {array.shape}.")
@@ -142,6 +148,17 @@ def check_points(
                 f"{name} contains NaN or infinite values in {describe_rows(~ok)}."
             )
     return array
+
+
+def check_sample_shape(sample_shape) -> tuple[int, ...]:
+    """A `sample_shape`: a tuple of non-negative ints."""
+    try:
+        shape = tuple(sample_shape)
+    except TypeError:
+        raise TypeError(f"sample_shape must be a tuple of ints, got {sample_shape!r}.") from None
+    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 0 for n in shape):
+        raise ValueError(f"sample_shape must be a tuple of non-negative ints, got {shape!r}.")
+    return tuple(int(n) for n in shape)
 
 
 def reject_unknown(options: dict, where: str, renamed: dict[str, str], known=()) -> None:

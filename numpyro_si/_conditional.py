@@ -14,7 +14,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import biject_to
 
-from ._checks import check_points, reject_unknown
+from ._checks import as_float_array, check_points, check_sample_shape, reject_unknown
 from ._constrained import ConstrainedSIFlow, check_support_fits, to_unconstrained
 from ._distribution import RENAMED_FLOW_OPTIONS, SIFlow, _checked_parts
 from ._dynamics import Fields
@@ -160,9 +160,11 @@ class ConditionalSIFlow(AbstractFlow):
     # -- conditioning ---------------------------------------------------------------------------
 
     def _check_context(self, context, batched: bool) -> Array:
-        context = jnp.asarray(context)
-        if not jnp.issubdtype(context.dtype, jnp.floating):
-            context = context.astype(jnp.zeros(()).dtype)
+        if context is None:
+            raise TypeError(
+                f"context must be an array of shape (..., {self.context_dim}), got None."
+            )
+        context = as_float_array(context, "context")
         if (context.ndim == 0 or context.shape[-1] != self.context_dim
                 or (not batched and context.ndim != 1)):
             expected = f"(..., {self.context_dim})" if batched else f"({self.context_dim},)"
@@ -238,14 +240,23 @@ class ConditionalSIFlow(AbstractFlow):
         `(..., k)`; returns the broadcast batch shape."""
         context = self._check_context(context, batched=True)
         event_shape = self.event_shape
-        value = jnp.asarray(value)
+        if value is None:
+            raise TypeError("value must be an array of points, got None.")
+        value = as_float_array(value, "value")
         n_event = len(event_shape)
         if value.shape[value.ndim - n_event:] != event_shape or value.ndim < n_event:
             raise ValueError(
                 f"value must have shape (..., {', '.join(map(str, event_shape))}), got"
                 f" {value.shape}."
             )
-        batch = jnp.broadcast_shapes(value.shape[: value.ndim - n_event], context.shape[:-1])
+        try:
+            batch = jnp.broadcast_shapes(value.shape[: value.ndim - n_event], context.shape[:-1])
+        except ValueError:
+            raise ValueError(
+                f"value and context batches do not broadcast: value {value.shape} (batch"
+                f" {value.shape[: value.ndim - n_event]}), context {context.shape} (batch"
+                f" {context.shape[:-1]})."
+            ) from None
         values = jnp.broadcast_to(value, batch + event_shape).reshape((-1, *event_shape))
         contexts = jnp.broadcast_to(context, batch + (self.context_dim,))
         contexts = contexts.reshape(-1, self.context_dim)
@@ -259,7 +270,7 @@ class ConditionalSIFlow(AbstractFlow):
         """Draws of theta given each context: shape `sample_shape + context_batch + event_shape`
         (NumPyro's order), e.g. `(n, d)` for one context `(k,)` and `sample_shape=(n,)`."""
         context = self._check_context(context, batched=True)
-        sample_shape = tuple(sample_shape)
+        sample_shape = check_sample_shape(sample_shape)
         batch = context.shape[:-1]
         contexts = context.reshape(-1, self.context_dim)
         keys = jax.random.split(key, contexts.shape[0])

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
@@ -11,7 +12,7 @@ from numpyro.distributions import constraints
 from numpyro.distributions.transforms import ComposeTransform, Transform, biject_to
 from numpyro.distributions.util import sum_rightmost
 
-from ._checks import describe_rows
+from ._checks import as_float_array, describe_rows
 from ._distribution import SIFlow
 from ._flow import FIXED_STEP_CANDIDATES, AbstractFlow, _FlowModel
 from ._solvers import SolveInfo
@@ -24,6 +25,23 @@ def is_unconstrained(support: constraints.Constraint | None) -> bool:
     return support is None or support is constraints.real or support is constraints.real_vector
 
 
+def _check_bounds(support) -> None:
+    """Finite-or-infinite, non-NaN bounds with lower < upper (an interval that is not empty)."""
+    lower = getattr(support, "lower_bound", None)
+    upper = getattr(support, "upper_bound", None)
+    for name, bound in (("lower_bound", lower), ("upper_bound", upper)):
+        if bound is not None and not isinstance(bound, jax.core.Tracer):
+            if bool(np.any(np.isnan(np.asarray(bound, dtype=float)))):
+                raise ValueError(f"support {support} has a NaN {name}: {bound}.")
+    if (lower is not None and upper is not None and not isinstance(lower, jax.core.Tracer)
+            and not isinstance(upper, jax.core.Tracer)):
+        if not bool(np.all(np.asarray(lower, dtype=float) < np.asarray(upper, dtype=float))):
+            raise ValueError(
+                f"support {support} is empty: its interval needs lower_bound < upper_bound, got"
+                f" {lower} and {upper}."
+            )
+
+
 def _transform_for(support) -> Transform:
     if not isinstance(support, constraints.Constraint):
         raise TypeError(
@@ -34,6 +52,7 @@ def _transform_for(support) -> Transform:
         raise ValueError(f"support {support} is discrete; a flow needs a continuous support.")
     if support.event_dim > 2:
         raise ValueError(f"support {support} has event_dim {support.event_dim}; at most 2.")
+    _check_bounds(support)
     try:
         transform = biject_to(support)
     except NotImplementedError:
@@ -209,9 +228,42 @@ class ConstrainedSIFlow(AbstractFlow, dist.TransformedDistribution):
     def log_prob_with_info(self, value: ArrayLike) -> tuple[Array, SolveInfo]:
         """`log_prob` and the `SolveInfo` of each point's likelihood solve (on its unconstrained
         image)."""
+        value = as_float_array(value, "value")
+        event_ndim = len(self.event_shape)
+        if value.ndim < event_ndim or value.shape[value.ndim - event_ndim:] != self.event_shape:
+            raise ValueError(
+                f"value must have shape (...,) + {self.event_shape} (points of the support), got"
+                f" {value.shape}."
+            )
+        if value.size == 0:  # an empty batch (NumPyro's sum_rightmost divides by the size)
+            batch = value.shape[: value.ndim - event_ndim]
+            return jnp.zeros(batch, value.dtype), self.base_dist.log_prob_with_info(
+                jnp.zeros(batch + (self.dim,), value.dtype))[1]
         y, log_jacobian = self.inverse_with_log_jacobian(value)
         flow_log_prob, info = self.base_dist.log_prob_with_info(y)
-        return log_jacobian + flow_log_prob, info
+        log_prob = log_jacobian + flow_log_prob
+        # -inf outside the support and on its boundary (the same at both ends), NaN for NaN
+        event_axes = tuple(range(value.ndim - event_ndim, value.ndim))
+        inside = self.support.check(value) & jnp.all(jnp.isfinite(y), axis=-1)
+        inside = inside & self._off_the_boundary(value)
+        log_prob = jnp.where(inside, log_prob, -jnp.inf)
+        return jnp.where(jnp.any(jnp.isnan(value), axis=event_axes), jnp.nan, log_prob), info
+
+    def _off_the_boundary(self, value: Array) -> Array:
+        """False at points on the support's boundary that NumPyro's closed checks accept and its
+        inverse bijections clamp to finite points: a bound of an interval, a face (a zero
+        coordinate) of the simplex."""
+        strict = jnp.ones(value.shape, bool)
+        lower = getattr(self.constraint, "lower_bound", None)
+        upper = getattr(self.constraint, "upper_bound", None)
+        if lower is not None:
+            strict = strict & (value > lower)
+        if upper is not None:
+            strict = strict & (value < upper)
+        if isinstance(self.constraint, type(constraints.simplex)):
+            strict = strict & (value > 0)
+        batch = value.shape[: value.ndim - len(self.event_shape)]
+        return jnp.all(strict.reshape(batch + (-1,)), axis=-1)
 
     def log_prob(self, value: ArrayLike) -> Array:
         """log density on the support: the flow's at the unconstrained image plus the

@@ -12,10 +12,14 @@ interpolant (Singh & Fischer's stochastic samplers for deterministic flow models
 from __future__ import annotations
 
 import abc
+import math
+import numbers
 from collections.abc import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._interpolants import AbstractInterpolant, AbstractOneSidedInterpolant
@@ -37,10 +41,7 @@ class ConstantEps(AbstractEps):
     """eps(t) = eps0. With a velocity-only one-sided model the drift is singular near t = 1; the
     sampler finishes with a deterministic step."""
 
-    eps0: float
-
-    def __check_init__(self):
-        _check_nonnegative(self.eps0)
+    eps0: float = eqx.field(converter=lambda value: _eps0(value))
 
     def __call__(self, t):
         return jnp.full_like(jnp.asarray(t, dtype=float), self.eps0)
@@ -49,10 +50,7 @@ class ConstantEps(AbstractEps):
 class DecayingEps(AbstractEps):
     """eps(t) = eps0 (1 - t): the "non-singular" schedule; eps s stays finite at t = 1."""
 
-    eps0: float
-
-    def __check_init__(self):
-        _check_nonnegative(self.eps0)
+    eps0: float = eqx.field(converter=lambda value: _eps0(value))
 
     def __call__(self, t):
         return self.eps0 * (1.0 - jnp.asarray(t, dtype=float))
@@ -61,10 +59,7 @@ class DecayingEps(AbstractEps):
 class ZeroEndsEps(AbstractEps):
     """eps(t) = eps0 t (1 - t): no noise at either end."""
 
-    eps0: float
-
-    def __check_init__(self):
-        _check_nonnegative(self.eps0)
+    eps0: float = eqx.field(converter=lambda value: _eps0(value))
 
     def __call__(self, t):
         t = jnp.asarray(t, dtype=float)
@@ -72,25 +67,60 @@ class ZeroEndsEps(AbstractEps):
 
 
 class CustomEps(AbstractEps):
-    """A user callable eps(t) (must be >= 0)."""
+    """A user callable eps(t), finite and >= 0 on [0, 1] (checked on a grid of 33 times when it
+    is made; a function JAX cannot evaluate there is refused)."""
 
     fn: Callable = eqx.field(static=True)
+
+    def __check_init__(self):
+        times = np.linspace(0.0, 1.0, 33)
+        try:
+            values = np.asarray([np.asarray(self(t)) for t in times], dtype=float)
+        except Exception as error:  # noqa: BLE001 - any failure means an unusable eps
+            raise TypeError(
+                f"eps must be callable as eps(t) on a float t in [0, 1] and return a number:"
+                f" {type(error).__name__}: {error}"
+            ) from None
+        if values.shape != times.shape:
+            raise ValueError(f"eps(t) must return a number, got shape {values.shape[1:]}.")
+        bad = ~np.isfinite(values) | (values < 0)
+        if bad.any():
+            t = times[np.argmax(bad)]
+            raise ValueError(
+                f"eps(t) must be finite and >= 0 on [0, 1]; eps({t:g}) = {values[np.argmax(bad)]}."
+            )
 
     def __call__(self, t):
         t = jnp.asarray(t, dtype=float)
         return jnp.asarray(self.fn(t), dtype=t.dtype)
 
 
-def _check_nonnegative(eps0):
-    if not (isinstance(eps0, int | float) and eps0 >= 0):
-        raise ValueError(f"eps0 must be a non-negative number, got {eps0!r}.")
+def _is_number(value) -> bool:
+    """A real number: Python or NumPy scalars, or a concrete 0-d array (bools are not)."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    shape = getattr(value, "shape", None)
+    return (shape == () and not isinstance(value, jax.core.Tracer)
+            and np.issubdtype(np.asarray(value).dtype, np.number))
+
+
+def _eps0(value) -> float:
+    """The noise scale of a schedule: a finite number >= 0."""
+    if not _is_number(value):
+        raise ValueError(f"eps0 must be a non-negative number, got {value!r}.")
+    eps0 = float(value)
+    if not (math.isfinite(eps0) and eps0 >= 0):
+        raise ValueError(f"eps0 must be a non-negative number, got {value!r}.")
+    return eps0
 
 
 def as_eps(eps: float | Callable | AbstractEps) -> AbstractEps:
-    """A float becomes `ConstantEps`, a callable `CustomEps`; an `AbstractEps` passes through."""
+    """A number becomes `ConstantEps`, a callable `CustomEps`; an `AbstractEps` passes through."""
     if isinstance(eps, AbstractEps):
         return eps
-    if isinstance(eps, int | float):
+    if _is_number(eps):
         return ConstantEps(float(eps))
     if callable(eps):
         return CustomEps(eps)

@@ -23,6 +23,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro.distributions as dist
 from jaxtyping import Array, Float
 
@@ -61,13 +62,50 @@ class Standardization(eqx.Module):
                 f"shift and scale must both have shape (d,), got {self.shift.shape} and"
                 f" {self.scale.shape}."
             )
+        concrete = (jax.Array, np.ndarray)
+        if not all(isinstance(a, concrete) and not isinstance(a, jax.core.Tracer)
+                   for a in (self.shift, self.scale)):
+            return  # abstract (under jit, or a structure being rebuilt): checked when concrete
+        if not bool(jnp.all(jnp.isfinite(self.shift))):
+            raise ValueError(f"Standardization shift must be finite, got {self.shift}.")
+        if not bool(jnp.all(jnp.isfinite(self.scale) & (self.scale > 0))):
+            raise ValueError(
+                f"Standardization scale must be finite and positive, got {self.scale}."
+            )
 
     @classmethod
-    def from_data(cls, data: Float[Array, "n d"], min_scale: float = 1e-8) -> Standardization:
-        """Per-coordinate mean and standard deviation of `data`."""
+    def from_data(cls, data: Float[Array, "n d"], name: str = "data") -> Standardization:
+        """Per-coordinate mean and standard deviation of `data`.
+
+        A constant column (no spread the float type can represent around its mean) gets scale
+        1, with a warning: dividing by a vanishing scale would turn any later offset from that
+        constant (a context a little off, a point of a degenerate density) into millions of
+        standard deviations. Data too large for its float type to standardise are refused.
+        """
         shift = jnp.mean(data, axis=0)
-        scale = jnp.maximum(jnp.std(data, axis=0), min_scale)
-        return cls(shift, scale)
+        scale = jnp.std(data, axis=0)
+        if not bool(jnp.all(jnp.isfinite(shift) & jnp.isfinite(scale))):
+            # the sum of squares overflowed: the same moments, on data scaled by their magnitude
+            magnitude = jnp.max(jnp.abs(data), axis=0)
+            magnitude = jnp.where(magnitude > 0, magnitude, 1.0)
+            scaled = data / magnitude
+            shift = jnp.mean(scaled, axis=0) * magnitude
+            scale = jnp.std(scaled, axis=0) * magnitude
+        if not bool(jnp.all(jnp.isfinite(shift) & jnp.isfinite(scale))):
+            raise ValueError(
+                f"{name} are too large to standardise in {data.dtype} (values up to"
+                f" {float(jnp.max(jnp.abs(data))):.3g}); rescale them or use float64."
+            )
+        # no spread the float type can represent around the mean
+        constant = (scale == 0) | (scale <= 4 * jnp.finfo(data.dtype).eps * jnp.abs(shift))
+        if bool(jnp.any(constant)):
+            columns = np.flatnonzero(np.asarray(constant)).tolist()
+            warnings.warn(
+                f"{name} column(s) {columns} are constant; they keep scale 1 in the"
+                " standardisation (the flow cannot learn a spread that is not there).",
+                UserWarning, stacklevel=3,
+            )
+        return cls(shift, jnp.where(constant, jnp.ones_like(scale), scale))
 
     def forward(self, x):
         return (x - self.shift) / self.scale

@@ -59,8 +59,15 @@ def unconstrained_draws(
 
 def _latent_sites(model, model_args, model_kwargs) -> list[str]:
     """The names of the model's latent (unobserved) sample sites, from one seeded run."""
-    with numpyro.handlers.seed(rng_seed=0):
-        trace = numpyro.handlers.trace(model).get_trace(*model_args, **model_kwargs)
+    try:
+        with numpyro.handlers.seed(rng_seed=0):
+            trace = numpyro.handlers.trace(model).get_trace(*model_args, **model_kwargs)
+    except Exception as error:  # noqa: BLE001 - reported with what the model was given
+        raise ValueError(
+            f"running the model with model_args={model_args!r} and model_kwargs="
+            f"{model_kwargs!r} failed ({type(error).__name__}: {error}); pass the arguments"
+            " the model needs."
+        ) from error
     return [name for name, site in trace.items()
             if site["type"] == "sample" and not site["is_observed"]]
 

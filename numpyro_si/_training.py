@@ -215,7 +215,7 @@ def default_optimizer(
     To train in several calls (e.g. warm-started refits), build it once for their total steps
     and pass it with each call's `opt_state`.
     """
-    learning_rate = check_real("learning_rate", learning_rate, low=0.0, low_open=True)
+    learning_rate = check_real("learning_rate", learning_rate, low=0.0, high=1.0, low_open=True)
     weight_decay = check_real("weight_decay", weight_decay, low=0.0)
     num_steps = check_positive_int("num_steps", num_steps)
     schedule = optax.warmup_cosine_decay_schedule(
@@ -574,7 +574,8 @@ def check_train_options(options: dict, where: str) -> dict:
     if options["max_epochs"] is not None:
         check_positive_int("max_epochs", options["max_epochs"])
     check_positive_int("batch_size", options["batch_size"])
-    check_real("learning_rate", options["learning_rate"], low=0.0, low_open=True)
+    # Adam moves each parameter by about the learning rate per step: above 1 training diverges
+    check_real("learning_rate", options["learning_rate"], low=0.0, high=1.0, low_open=True)
     check_real("weight_decay", options["weight_decay"], low=0.0)
     if options["optimizer"] is not None and (
         options["weight_decay"] > 0 or options["learning_rate"] != TRAIN_DEFAULTS["learning_rate"]

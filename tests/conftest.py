@@ -15,3 +15,22 @@ def x64():
     """Run a test in float64 (likelihood-accuracy tests); restores the default afterwards."""
     with jax.enable_x64(True):
         yield
+
+
+# Hypothesis profiles of the property-based tests (tests/test_properties.py): "fast" by default
+# (`make test`), "thorough" with NSI_HYPOTHESIS_PROFILE=thorough (more examples). Per-test example
+# counts scale with the profile's max_examples. Hypothesis is a dev dependency: the dependency-floor
+# run (`make test-min`) does not install it, nor run that file.
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # pragma: no cover
+    pass
+else:
+    # "fast" (CI) draws the same examples on every run; "thorough" explores new ones each time
+    _hypothesis_settings.register_profile(
+        "fast", max_examples=5, deadline=None, print_blob=True, derandomize=True
+    )
+    _hypothesis_settings.register_profile(
+        "thorough", max_examples=50, deadline=None, print_blob=True
+    )
+    _hypothesis_settings.load_profile(os.environ.get("NSI_HYPOTHESIS_PROFILE", "fast"))

@@ -295,7 +295,7 @@ def test_bad_context_in_condition_and_log_prob():
         conditional.condition(jnp.array([0.0, jnp.nan, 1.0]))
     with pytest.raises(ValueError, match=r"value must have shape \(\.\.\., 2\)"):
         conditional.log_prob(jnp.zeros((4, 3)), jnp.zeros(3))
-    with pytest.raises(ValueError, match="Incompatible shapes"):
+    with pytest.raises(ValueError, match="do not broadcast"):
         conditional.log_prob(jnp.zeros((4, 2)), jnp.zeros((3, 3)))
     with pytest.raises(ValueError, match="context_dim must be a positive integer"):
         nsi.ConditionalSIFlow(nsi.OneSidedLinearInterpolant(), net, context_dim=0)

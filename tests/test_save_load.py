@@ -1,14 +1,22 @@
 """`nsi.save` / `nsi.load`: bit-exact round trips of plain, constrained and conditional flows
 (every array and option; no training and no ODE solves), files of earlier format versions, atomic
-writes, and clear errors for damaged, foreign or incompatible files."""
+writes (through symbolic links, never over what is not a regular file, with a plain write's
+permissions, no temporary files left behind), and clear errors for damaged, foreign, edited or
+incompatible files (everything a constructed flow could not hold is refused, by save too)."""
 
 import io
 import json
 import os
+import signal
+import stat
+import subprocess
+import sys
+import time
 import zipfile
 from pathlib import Path
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,6 +26,7 @@ from helpers import array_leaves
 from numpyro.distributions import constraints
 
 import numpyro_si as nsi
+from numpyro_si import _io as nsi_io
 
 SAVED_V2 = Path(__file__).parent / "data" / "saved_v2"
 
@@ -72,15 +81,57 @@ def read_archive(path):
         return json.loads(archive.read("meta.json")), archive.read("leaves.eqx")
 
 
-def rewrite_meta(path, change):
-    """Rewrite the file with `change(meta)` applied to its metadata (the arrays unchanged)."""
+def rewrite_archive(path, meta_change=None, leaves_change=None, meta_text=None, extra=None):
+    """Rewrite the file as an editor would, with valid zip checksums: `meta_change(meta)` applied
+    to its metadata (or the metadata replaced by `meta_text`), `leaves_change(bytes)` to the
+    stored arrays, `extra` members added."""
     meta, leaves = read_archive(path)
-    change(meta)
+    if meta_change is not None:
+        meta_change(meta)
+    if leaves_change is not None:
+        leaves = leaves_change(leaves)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("meta.json", json.dumps(meta))
+        archive.writestr("meta.json", json.dumps(meta) if meta_text is None else meta_text)
         archive.writestr("leaves.eqx", leaves)
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
     path.write_bytes(buffer.getvalue())
+
+
+def rewrite_meta(path, change):
+    """Rewrite the file with `change(meta)` applied to its metadata (the arrays unchanged)."""
+    rewrite_archive(path, meta_change=change)
+
+
+def stored_paths(tree):
+    """The tree paths of the leaves `eqx.tree_serialise_leaves` writes, in its order."""
+    return [jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if eqx.is_array_like(leaf)]
+
+
+def stored_spans(leaves):
+    """(offset, shape, dtype) of the data of each .npy record in leaves.eqx, in order."""
+    stream, spans = io.BytesIO(leaves), []
+    while stream.tell() < len(leaves):
+        assert np.lib.format.read_magic(stream) == (1, 0)
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+        spans.append((stream.tell(), shape, dtype))
+        stream.seek(stream.tell() + int(np.prod(shape)) * dtype.itemsize)
+    return spans
+
+
+def replace_leaf(tree, path_name, values):
+    """A `leaves_change` writing `values` (cast to the stored dtype) over the stored leaf of
+    `tree` at `path_name` (e.g. ".standardization.shift")."""
+    index = stored_paths(tree).index(path_name)
+
+    def change(leaves):
+        offset, shape, dtype = stored_spans(leaves)[index]
+        data = np.broadcast_to(np.asarray(values, dtype=dtype), shape).tobytes()
+        return leaves[:offset] + data + leaves[offset + len(data):]
+
+    return change
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,6 +383,205 @@ def test_save_creates_parent_folders_and_overwrites(tmp_path):
     assert_same_arrays(nsi.load(path).velocity, one_sided_flow(key=1).velocity)
 
 
+def test_interrupted_write_removes_its_temporary(tmp_path):
+    path = tmp_path / "flow.nsi"
+    nsi.save(path, one_sided_flow(key=0))
+    before = path.read_bytes()
+
+    def interrupted(handle):
+        handle.write(b"half of a fl")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        nsi_io.write_atomically(path, interrupted)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flow.nsi"]
+
+
+def test_save_through_a_symbolic_link_replaces_the_file_it_points_to(tmp_path, monkeypatch):
+    """The link stays a link; the file at its end (through a chain of links, relative or
+    absolute) is replaced atomically, its temporary file beside it, its mode kept."""
+    data, links = tmp_path / "data", tmp_path / "links"
+    data.mkdir()
+    links.mkdir()
+    target = data / "flow.nsi"
+    target.write_bytes(b"old contents")
+    target.chmod(0o640)
+    (links / "absolute.nsi").symlink_to(target)
+    (links / "relative.nsi").symlink_to(Path("..") / "data" / "flow.nsi")
+    (links / "chain.nsi").symlink_to("relative.nsi")
+    folders = []
+    mkstemp = nsi_io.tempfile.mkstemp
+
+    def recording_mkstemp(*args, **kwargs):
+        folders.append(Path(kwargs["dir"]))
+        return mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(nsi_io.tempfile, "mkstemp", recording_mkstemp)
+    for key, name in enumerate(("absolute.nsi", "relative.nsi", "chain.nsi")):
+        flow = one_sided_flow(key=key)
+        nsi.save(links / name, flow)
+        assert (links / name).is_symlink()
+        assert_same_arrays(nsi.load(target)._model, flow._model)
+        assert_same_arrays(nsi.load(links / name)._model, flow._model)
+        assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert folders == [data] * 3  # the temporary file beside the target, renamed over it
+    assert os.readlink(links / "absolute.nsi") == str(target)
+    assert os.readlink(links / "chain.nsi") == "relative.nsi"
+    assert sorted(p.name for p in data.iterdir()) == ["flow.nsi"]
+    assert sorted(p.name for p in links.iterdir()) == ["absolute.nsi", "chain.nsi", "relative.nsi"]
+    # a dangling link: the file it names is created, the link kept
+    (links / "new.nsi").symlink_to(data / "new.nsi")
+    nsi.save(links / "new.nsi", one_sided_flow())
+    assert (links / "new.nsi").is_symlink() and (data / "new.nsi").is_file()
+
+
+def _non_regular_files(tmp_path):
+    """(path, what the error must call it) for each kind of non-regular file we can make."""
+    made = []
+    (tmp_path / "folder.nsi").mkdir()
+    made.append((tmp_path / "folder.nsi", "a directory"))
+    os.mkfifo(tmp_path / "fifo.nsi")
+    made.append((tmp_path / "fifo.nsi", "a FIFO"))
+    (tmp_path / "link-to-fifo.nsi").symlink_to(tmp_path / "fifo.nsi")
+    made.append((tmp_path / "link-to-fifo.nsi", "points to a FIFO"))
+    try:  # a device node like /dev/null (needs root / CAP_MKNOD)
+        os.mknod(tmp_path / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        made.append((tmp_path / "null", "a character device"))
+    except (PermissionError, OSError):
+        pass
+    return made
+
+
+def test_save_refuses_what_is_not_a_regular_file(tmp_path):
+    before = {}
+    for path, what in _non_regular_files(tmp_path):
+        before[path] = os.lstat(path).st_mode
+        with pytest.raises(ValueError, match=rf"{path}.*{what}.*not a regular file"):
+            nsi.save(path, one_sided_flow())
+    for path, mode in before.items():  # each left as it was, and nothing else written
+        assert os.lstat(path).st_mode == mode
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.skipif(not stat.S_ISCHR(os.stat(os.devnull).st_mode), reason="no /dev/null device")
+def test_save_to_dev_null_is_refused_before_anything_is_written(monkeypatch):
+    def must_not_write(*args, **kwargs):
+        raise AssertionError("save went on to write beside /dev/null")
+
+    # guards: if the refusal ever broke, nothing is created in /dev nor renamed over /dev/null
+    monkeypatch.setattr(nsi_io.tempfile, "mkstemp", must_not_write)
+    monkeypatch.setattr(nsi_io.os, "replace", must_not_write)
+    with pytest.raises(ValueError, match=rf"{os.devnull}: it is a character device"):
+        nsi.save(os.devnull, one_sided_flow())
+
+
+def test_load_refuses_what_is_not_a_regular_file(tmp_path):
+    (tmp_path / "folder.nsi").mkdir()
+    with pytest.raises(ValueError, match="is a directory, not a saved flow"):
+        nsi.load(tmp_path / "folder.nsi")
+    if stat.S_ISCHR(os.stat(os.devnull).st_mode):
+        with pytest.raises(ValueError, match="is a character device, not a saved flow"):
+            nsi.load(os.devnull)
+
+
+def test_saved_files_get_the_permissions_of_a_plain_write(tmp_path):
+    """New files: 0666 less the umask (not mkstemp's 0600); an overwritten file keeps its mode;
+    a read-only file is left alone (a plain write would fail; root may write anyway)."""
+    old_umask = os.umask(0o027)
+    try:
+        nsi.save(tmp_path / "new.nsi", one_sided_flow())
+        nsi_io.write_atomically(tmp_path / "new.txt", lambda f: f.write(b"text"))
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE((tmp_path / "new.nsi").stat().st_mode) == 0o640
+    assert stat.S_IMODE((tmp_path / "new.txt").stat().st_mode) == 0o640
+    path = tmp_path / "shared.nsi"
+    nsi.save(path, one_sided_flow(key=0))
+    path.chmod(0o664)
+    nsi.save(path, one_sided_flow(key=1))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o664
+    assert_same_arrays(nsi.load(path)._model, one_sided_flow(key=1)._model)
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        with pytest.raises(PermissionError):
+            nsi.save(path, one_sided_flow(key=2))
+        assert_same_arrays(nsi.load(path)._model, one_sided_flow(key=1)._model)
+
+
+def _finished_pid():
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_the_next_save_removes_temporaries_of_writers_that_are_gone(tmp_path):
+    """What a killed writer leaves (`.<name>.<pid>-<tag>-<random>.tmp`) is removed by the next
+    write to the same file once that process is gone; a live writer's is kept; names that
+    cannot be checked (another machine, older numpyro_si) once idle for a minute; other files'
+    temporaries never."""
+    tag, old = nsi_io._writer_tag(), time.time() - 120
+    dead, alive = _finished_pid(), os.getpid()
+    other_tag = "0" * 8 if tag != "0" * 8 else "1" * 8
+    files = {
+        f".flow.nsi.{dead}-{tag}-abcd1234.tmp": (None, "removed"),  # killed writer
+        f".flow.nsi.{alive}-{tag}-abcd1234.tmp": (None, "kept"),  # writing right now
+        f".flow.nsi.{alive}-{other_tag}-abcd1234.tmp": (old, "removed"),  # idle, unknown host
+        f".flow.nsi.{dead}-{other_tag}-abcd1234.tmp": (None, "kept"),  # unknown host, active
+        ".flow.nsi.k3x_9abc.tmp": (old, "removed"),  # an older numpyro_si's, idle
+        ".flow.nsi.k3x_9abd.tmp": (None, "kept"),  # an older numpyro_si's, active
+        ".other.nsi.k3x_9abc.tmp": (old, "kept"),  # another file's
+        f".other.nsi.{dead}-{tag}-abcd1234.tmp": (None, "kept"),
+        ".flow.nsi.notes.tmp": (old, "kept"),  # not a temporary name
+    }
+    for name, (mtime, _) in files.items():
+        (tmp_path / name).write_bytes(b"partial")
+        if mtime is not None:
+            os.utime(tmp_path / name, (mtime, mtime))
+    nsi.save(tmp_path / "flow.nsi", one_sided_flow())
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"flow.nsi"} | {name for name, (_, fate) in files.items() if fate == "kept"}
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from numpyro_si._io import write_atomically
+
+def write(handle):
+    handle.write(b"the first half of a new fi")
+    handle.flush()
+    Path(sys.argv[2]).write_text("writing")
+    time.sleep(600)
+
+write_atomically(sys.argv[1], write)
+"""
+
+
+def test_a_save_killed_midway_leaves_the_old_file_and_the_next_cleans_up(tmp_path):
+    """A writer killed with SIGKILL mid-write: the old file is intact, its temporary file is
+    left (nothing can remove it then), and the next save to the same file removes it."""
+    path, ready = tmp_path / "flow.nsi", tmp_path / "ready"
+    nsi.save(path, one_sided_flow(key=0))
+    before = path.read_bytes()
+    process = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(path), str(ready)])
+    try:
+        deadline = time.monotonic() + 300
+        while not ready.exists():
+            assert process.poll() is None, "the writer ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))
+    assert len(left) == 1 and left[0].startswith(f".flow.nsi.{process.pid}-")
+    assert path.read_bytes() == before  # the old file, whole
+    nsi.save(path, one_sided_flow(key=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flow.nsi", "ready"]
+    assert_same_arrays(nsi.load(path)._model, one_sided_flow(key=1)._model)
+
+
 # ----------------------------------------------------------------------------------------------
 # damaged, foreign and incompatible files
 # ----------------------------------------------------------------------------------------------
@@ -428,3 +678,410 @@ def test_unsaveable_flows_write_nothing(tmp_path):
     with pytest.raises(TypeError, match=message + ", got str"):
         nsi.save(path, "not a flow")
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+# ----------------------------------------------------------------------------------------------
+# edited files: everything a constructed flow could not hold is refused, naming it
+# ----------------------------------------------------------------------------------------------
+
+
+def model_fields(meta):
+    return meta["model"]["fields"]
+
+
+def velocity_config(meta):
+    return model_fields(meta)["fields"]["fields"]["velocity"]["config"]
+
+
+def solver_settings(meta):
+    return model_fields(meta)["settings"]["fields"]
+
+
+EDITS = {
+    # (flow, edit of meta.json, what the error must name)
+    "negative rtol": ("one_sided", lambda m: solver_settings(m).update(rtol=-1.0), "rtol"),
+    "atol a string": ("one_sided", lambda m: solver_settings(m).update(atol="1e-5"), "atol"),
+    "zero max_steps": (
+        "one_sided",
+        lambda m: solver_settings(m)["likelihood"]["fields"].update(max_steps=0),
+        "max_steps",
+    ),
+    "negative eps0": (
+        "two_sided", lambda m: solver_settings(m)["sampler"]["fields"]["eps"]["fields"].update(
+            eps0=-0.7), "eps0",
+    ),
+    "negative gamma": (
+        "two_sided",
+        lambda m: model_fields(m)["fields"]["fields"]["interpolant"]["fields"]["gamma"][
+            "fields"].update(a=-0.5),
+        "a > 0",
+    ),
+    "unknown activation": (
+        "one_sided", lambda m: velocity_config(m).update(activation="swish"), "activation",
+    ),
+    "residual as 1": ("one_sided", lambda m: velocity_config(m).update(residual=1), "residual"),
+    "zero width": ("one_sided", lambda m: velocity_config(m).update(width=0), "width"),
+    "dim true": ("one_sided", lambda m: m.update(dim=True), "dim"),
+    "dim of another flow": ("one_sided", lambda m: m.update(dim=5), "dimension 3, the flow 5"),
+    "unknown base": ("one_sided", lambda m: m.update(base="uniform"), "unknown base"),
+    "network in float16": (
+        "one_sided", lambda m: model_fields(m)["fields"]["fields"]["velocity"].update(
+            dtype="float16"), "stored as float32, described as float16",
+    ),
+    "a missing option": ("one_sided", lambda m: velocity_config(m).pop("residual"), "missing"),
+    "an unknown entry": ("one_sided", lambda m: m.update(comment="hi"), "unknown entries"),
+    "a key as divergence": (
+        "one_sided",
+        lambda m: solver_settings(m).update(divergence={
+            "__class__": "numpyro_si.HutchinsonDivergence",
+            "fields": {"key": {"__array__": [], "dtype": "float32"}}}),
+        "unknown class",
+    ),
+}
+
+
+def flow_of(kind):
+    return one_sided_flow() if kind == "one_sided" else two_sided_flow()
+
+
+@pytest.mark.parametrize("name", list(EDITS))
+def test_edited_options_are_validated_as_constructed_ones(tmp_path, name):
+    kind, edit, message = EDITS[name]
+    path = tmp_path / "flow.nsi"
+    nsi.save(path, flow_of(kind))
+    rewrite_meta(path, edit)
+    with pytest.raises(ValueError, match=message):
+        nsi.load(path)
+
+
+def conditional_flow():
+    return nsi.ConditionalSIFlow(
+        nsi.OneSidedLinearInterpolant(), network(2, context_dim=3), context_dim=3,
+        standardization=standardization(2, 1), context_standardization=standardization(3, 2),
+    )
+
+
+NON_FINITE = {
+    # (flow, the tree its leaves are, stored leaf, value, what the error names)
+    "NaN bytes in a weight": ("one_sided", ".fields.velocity.input_layer.weight", "0xFF",
+                              r"flow\.fields\.velocity\.input_layer\.weight contains NaN or inf"),
+    "inf in a bias": ("one_sided", ".fields.velocity.output_layer.bias", np.inf,
+                      r"flow\.fields\.velocity\.output_layer\.bias contains NaN or inf"),
+    "NaN shift": ("one_sided", ".standardization.shift", np.nan,
+                  r"flow\.standardization .*shift must be finite"),
+    "zero scale": ("one_sided", ".standardization.scale", 0.0,
+                   r"flow\.standardization .*scale must be finite and positive"),
+    "negative scale": ("one_sided", ".standardization.scale", -1.0,
+                       r"flow\.standardization .*scale must be finite and positive"),
+    "inf context scale": ("conditional", "[1].scale", np.inf,
+                          r"flow\.context_standardization .*scale must be finite and positive"),
+    "NaN bound context": ("conditioned", ".fields.velocity.context", np.nan,
+                          r"flow\.fields\.velocity\.context contains NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("name", list(NON_FINITE))
+def test_non_finite_stored_arrays_are_refused(tmp_path, name):
+    """Arrays overwritten in place (0xFF bytes are NaN; the zip checksums are valid): refused,
+    naming the field."""
+    kind, leaf, value, message = NON_FINITE[name]
+    if kind == "conditional":
+        flow = conditional_flow()
+        tree = (flow._model, flow.context_standardization)
+    elif kind == "conditioned":
+        flow = conditional_flow().condition(jnp.array([0.5, -1.0, 2.0]))
+        tree = flow._model
+    else:
+        flow = one_sided_flow()
+        tree = flow._model
+    path = tmp_path / "flow.nsi"
+    nsi.save(path, flow)
+    if value == "0xFF":
+        index = stored_paths(tree).index(leaf)
+
+        def change(leaves):
+            offset, shape, dtype = stored_spans(leaves)[index]
+            size = int(np.prod(shape)) * dtype.itemsize
+            return leaves[:offset] + b"\xff" * size + leaves[offset + size:]
+    else:
+        change = replace_leaf(tree, leaf, value)
+    rewrite_archive(path, leaves_change=change)
+    with pytest.raises(ValueError, match=message):
+        nsi.load(path)
+
+
+def test_numbers_stored_twice_must_agree(tmp_path):
+    """Python numbers of the configuration (a gamma's a, an eps0) are stored among the leaves
+    too; an edit of either copy is refused (it used to bypass the constructor's check)."""
+    flow = two_sided_flow()
+    path = tmp_path / "flow.nsi"
+    for leaf, value, message in (
+        (".fields.interpolant.gamma.a", -5.0, r"gamma\.a is 0\.5 in the configuration but -5\.0"),
+        (".settings.sampler.eps.eps0", 0.25, r"eps0 is 0\.7 in the configuration but 0\.25"),
+    ):
+        nsi.save(path, flow)
+        rewrite_archive(path, leaves_change=replace_leaf(flow._model, leaf, value))
+        with pytest.raises(ValueError, match=message):
+            nsi.load(path)
+
+
+def constrained(support, dim=2):
+    return nsi.ConstrainedSIFlow(nsi.SIFlow(nsi.OneSidedLinearInterpolant(), network(dim)), support)
+
+
+def with_support(support, dim=2):
+    """A constrained flow on `support` although its constructor would refuse it (put in place
+    directly, as an edited object would be)."""
+    flow = constrained(constraints.interval(0.0, 1.0), dim)
+    flow.constraint = support
+    return flow
+
+
+def number(value, dtype="float64"):
+    return {"value": value, "dtype": dtype}
+
+
+SUPPORT_EDITS = {
+    # (saved support, the support entry written instead, what the error names)
+    "positive given a bound": (
+        constraints.positive, {"class": "_Positive", "params": {"lower_bound": number(5.0)},
+                               "aux": {}}, "_Positive has no parameters of its own",
+    ),
+    "interval upside down": (
+        constraints.interval(0.0, 1.0),
+        {"class": "_Interval", "params": {"lower_bound": number(2.0), "upper_bound": number(1.0)},
+         "aux": {}}, "lower_bound < upper_bound",
+    ),
+    "interval arrays upside down": (
+        constraints.interval(jnp.array([0.0, -1.0]), jnp.array([1.0, 4.0])),
+        {"class": "_Interval",
+         "params": {"lower_bound": number([0.0, 5.0], "float32") | {"kind": "jax"},
+                    "upper_bound": number([1.0, 4.0], "float32") | {"kind": "jax"}},
+         "aux": {}}, "lower_bound < upper_bound",
+    ),
+    "interval of strings": (
+        constraints.interval(0.0, 1.0),
+        {"class": "_Interval", "params": {"lower_bound": number("a", "object"),
+                                          "upper_bound": number(1.0)}, "aux": {}},
+        "unsupported dtype 'object'",
+    ),
+    "interval of booleans": (
+        constraints.interval(0.0, 1.0),
+        {"class": "_Interval", "params": {"lower_bound": number(False, "bool"),
+                                          "upper_bound": number(1.0)}, "aux": {}},
+        "unsupported dtype 'bool'",
+    ),
+    "greater_than with an upper bound": (
+        constraints.greater_than(-2.5),
+        {"class": "_GreaterThan", "params": {"lower_bound": number(-2.5),
+                                             "upper_bound": number(1.0)}, "aux": {}},
+        r"takes the parameters \['lower_bound'\]",
+    ),
+    "independent of -1 dimensions": (
+        constraints.independent(constraints.positive, 1),
+        {"class": "_IndependentConstraint",
+         "params": {"base_constraint": {"constraint": {"class": "_Positive", "params": {},
+                                                       "aux": {}}}},
+         "aux": {"reinterpreted_batch_ndims": -1}}, "reinterpreted_batch_ndims",
+    ),
+    "an option a class does not take": (
+        constraints.simplex, {"class": "_Simplex", "params": {}, "aux": {"event_dim": 0}},
+        "_Simplex has no parameters of its own",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SUPPORT_EDITS))
+def test_edited_supports_are_refused_and_numpyro_is_untouched(tmp_path, name):
+    """A support is rebuilt by its constructor: never by setting attributes, which on a
+    relabelled singleton changed NumPyro's shared `constraints.positive` for the whole process."""
+    support, entry, message = SUPPORT_EDITS[name]
+    path = tmp_path / "flow.nsi"
+    nsi.save(path, constrained(support))
+    rewrite_meta(path, lambda meta: meta.update(support=entry))
+    with pytest.raises(ValueError, match=message):
+        nsi.load(path)
+    assert constraints.positive.lower_bound == 0.0 and not hasattr(constraints.positive,
+                                                                   "upper_bound")
+    assert "event_dim" not in vars(constraints.simplex)
+    assert bool(dist.LogNormal(0.0, 1.0).support(1.0))
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity", "1e999"])
+def test_non_finite_numbers_in_the_metadata_are_refused(tmp_path, constant):
+    path = tmp_path / "flow.nsi"
+    nsi.save(path, constrained(constraints.interval(0.0, 1.0)))
+    text = json.dumps(read_archive(path)[0]).replace(
+        '"upper_bound": {"value": 1.0', f'"upper_bound": {{"value": {constant}'
+    )
+    assert constant in text
+    rewrite_archive(path, meta_text=text)
+    with pytest.raises(ValueError, match="non-finite number"):
+        nsi.load(path)
+
+
+def test_support_parameters_keep_their_kind(tmp_path):
+    """Python numbers come back as Python numbers, NumPy arrays as NumPy arrays, JAX arrays as
+    JAX arrays (NumPy and JAX compute in different precisions)."""
+    support = constraints.interval(np.array([0.0, -1.0]), jnp.array([1.0, 4.0]))
+    loaded = round_trip(tmp_path, constrained(support)).constraint
+    assert type(loaded.lower_bound) is np.ndarray and loaded.lower_bound.dtype == np.float64
+    assert isinstance(loaded.upper_bound, jax.Array)
+    np.testing.assert_array_equal(loaded.lower_bound, support.lower_bound)
+    np.testing.assert_array_equal(loaded.upper_bound, support.upper_bound)
+    loaded = round_trip(tmp_path, constrained(constraints.greater_than(-2))).constraint
+    assert type(loaded.lower_bound) is int and loaded.lower_bound == -2
+    loaded = round_trip(tmp_path, constrained(constraints.less_than(np.float32(0.1)))).constraint
+    assert type(loaded.upper_bound) is np.float32 and loaded.upper_bound == np.float32(0.1)
+
+
+def test_metadata_asking_for_huge_arrays_is_refused_before_allocating(tmp_path):
+    """Shapes in the metadata are checked against the bytes actually stored before anything is
+    allocated (a 10^6 x 10^6 standardisation used to ask XLA for 4 TB); a network too wide or
+    too deep for the stored bytes is refused before it is built."""
+    path = tmp_path / "flow.nsi"
+    edits = {
+        "shift": lambda m: model_fields(m)["standardization"]["fields"]["shift"].update(
+            __array__=[1_000_000, 1_000_000]),
+        "width": lambda m: velocity_config(m).update(width=1_000_000, depth=3),
+        "depth": lambda m: velocity_config(m).update(depth=10**9),
+        "negative shape": lambda m: model_fields(m)["standardization"]["fields"]["shift"].update(
+            __array__=[-3]),
+    }
+    for name, edit in edits.items():
+        nsi.save(path, one_sided_flow())
+        rewrite_meta(path, edit)
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="do not match|invalid shape"):
+            nsi.load(path)
+        assert time.monotonic() - start < 60, name
+
+
+def test_leaves_must_match_the_configuration_exactly(tmp_path):
+    flow = one_sided_flow()
+    path = tmp_path / "flow.nsi"
+    nsi.save(path, flow)
+    rewrite_archive(path, leaves_change=lambda leaves: leaves + b"\x00" * 100)
+    with pytest.raises(ValueError, match="100 bytes of leaves.eqx are left over"):
+        nsi.load(path)
+    nsi.save(path, flow)
+    rewrite_archive(path, leaves_change=lambda leaves: leaves[:-40])
+    with pytest.raises(ValueError, match="do not match"):
+        nsi.load(path)
+
+
+def test_float64_files_need_64_bit_jax(tmp_path):
+    """A float64 flow loaded without 64-bit JAX used to come back rounded to float32 (another
+    flow); now it is refused, saying what to do, and loads bit for bit with it."""
+    path = tmp_path / "flow.nsi"
+    with jax.enable_x64(True):
+        flow = one_sided_flow(dim=2)
+        nsi.save(path, flow)
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+        nsi.load(path)
+    with jax.enable_x64(True):
+        assert_same_arrays(nsi.load(path)._model, flow._model)
+    # float64 (JAX) support parameters likewise (of a float32 flow)
+    inner = nsi.SIFlow(nsi.OneSidedLinearInterpolant(), network())
+    with jax.enable_x64(True):
+        nsi.save(path, nsi.ConstrainedSIFlow(
+            inner, constraints.interval(jnp.array([0.1, 0.2]), 1.0)))
+    with pytest.raises(ValueError, match=r"support\.lower_bound is stored as float64"):
+        nsi.load(path)
+
+
+def test_malformed_archives_are_refused(tmp_path):
+    path = tmp_path / "flow.nsi"
+    nsi.save(path, one_sided_flow())
+    text = json.dumps(read_archive(path)[0])
+    rewrite_archive(path, meta_text=text[:-1] + ', "dim": 3}')
+    with pytest.raises(ValueError, match=r"repeats the entries \['dim'\]"):
+        nsi.load(path)
+    nsi.save(path, one_sided_flow())
+    rewrite_archive(path, extra={"notes.txt": b"hello"})
+    with pytest.raises(ValueError, match="expected exactly"):
+        nsi.load(path)
+    # bzip2 inflates far beyond deflate's bound, which limits what a file can ask to allocate
+    meta, leaves = read_archive(path)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_BZIP2) as archive:
+        archive.writestr("meta.json", json.dumps(meta))
+        archive.writestr("leaves.eqx", leaves)
+    with pytest.raises(ValueError, match="compression method 12"):
+        nsi.load(path)
+
+
+def test_networks_must_take_the_context_the_flow_gives(tmp_path):
+    path = tmp_path / "flow.nsi"
+    nsi.save(path, conditional_flow())
+    rewrite_meta(path, lambda m: m["conditional"].update(context_dim=2,
+                                                        context_standardization=None))
+    with pytest.raises(ValueError, match="context of dimension 3, but the flow gives it 2"):
+        nsi.load(path)
+    conditioned = conditional_flow().condition(jnp.array([0.5, -1.0, 2.0]))
+    nsi.save(path, conditioned)
+    rewrite_meta(path, lambda m: model_fields(m)["fields"]["fields"]["velocity"]["fields"][
+        "context"].update(__array__=[1]))
+    with pytest.raises(ValueError, match=r"context has shape \(1,\)"):
+        nsi.load(path)
+
+
+def test_the_base_given_to_load_must_be_the_saved_one(tmp_path):
+    base = dist.Normal(jnp.array([1.0, -1.0]), jnp.array([0.5, 2.0])).to_event(1)
+    flow = nsi.SIFlow(nsi.LinearInterpolant(), network(), base=base)
+    path = tmp_path / "flow.nsi"
+    nsi.save(path, flow)
+    again = dist.Normal(jnp.array([1.0, -1.0]), jnp.array([0.5, 2.0])).to_event(1)
+    assert_same_arrays(nsi.load(path, base=again).velocity, flow.velocity)  # equal, not identical
+    other = dist.Normal(jnp.array([0.0, -1.0]), jnp.array([0.5, 2.0])).to_event(1)
+    with pytest.raises(ValueError, match="saved with another base distribution"):
+        nsi.load(path, base=other)
+    # a flow saved with the standard normal: only the standard normal may be given
+    nsi.save(path, nsi.SIFlow(nsi.LinearInterpolant(), network()))
+    with pytest.raises(ValueError, match="saved with the standard normal base"):
+        nsi.load(path, base=other)
+    standard = dist.Normal(jnp.zeros(2), jnp.ones(2)).to_event(1)
+    assert nsi.load(path, base=standard).base is not standard  # the default, equivalent
+
+
+def test_validate_args_survive(tmp_path):
+    flow = nsi.SIFlow(nsi.OneSidedLinearInterpolant(), network(), validate_args=True)
+    assert round_trip(tmp_path, flow)._validate_args is True
+    loaded = round_trip(tmp_path, nsi.ConstrainedSIFlow(flow, constraints.positive,
+                                                        validate_args=True))
+    assert loaded._validate_args is True and loaded.flow._validate_args is True
+    nsi.save(tmp_path / "plain.nsi", nsi.SIFlow(nsi.OneSidedLinearInterpolant(), network()))
+    assert "validate_args" not in read_archive(tmp_path / "plain.nsi")[0]  # nothing to keep
+
+
+def test_save_refuses_what_load_would_refuse(tmp_path):
+    """A file must load again: save refuses (naming the field, writing nothing) the values
+    load refuses."""
+    nan_network = eqx.tree_at(lambda n: n.input_layer.weight, network(),
+                              replace_fn=lambda w: w.at[0, 0].set(jnp.nan))
+    nan_weights = nsi.SIFlow(nsi.OneSidedLinearInterpolant(), nan_network)
+    # values their constructors would refuse, put in place directly
+    zero_scale = eqx.tree_at(
+        lambda f: f._model.standardization.scale,
+        nsi.SIFlow(nsi.OneSidedLinearInterpolant(), network(),
+                   standardization=nsi.Standardization(jnp.zeros(2), jnp.ones(2))),
+        jnp.zeros(2),
+    )
+    sde = two_sided_flow()  # an option its constructor would refuse, put in place directly
+    infinite_eps = sde.with_settings(
+        eqx.tree_at(lambda s: s.sampler.eps.eps0, sde.settings, float("inf")))
+    cases = [
+        (nan_weights, r"flow\.fields\.velocity\.input_layer\.weight contains NaN or inf"),
+        (zero_scale, r"flow\.standardization\.scale must be positive"),
+        (infinite_eps, r"flow\.settings\.sampler\.eps\.eps0 = inf is not a finite number"),
+        (with_support(constraints.interval(1.0, 0.0)), "lower_bound < upper_bound"),
+        (with_support(constraints.greater_than(float("nan"))),
+         r"support\.lower_bound must be finite"),
+        (nsi.SIFlow(nsi.OneSidedLinearInterpolant(), nsi.BrownianGamma(1.0), dim=2),
+         r"flow\.fields\.velocity is a BrownianGamma, not a FieldMLP"),
+        (nsi.SIFlow(nsi.OneSidedLinearInterpolant(), network(2, context_dim=1)),
+         "takes a context of dimension 1, but the flow gives it 0"),
+    ]
+    for flow, message in cases:
+        with pytest.raises(ValueError, match="cannot be saved: .*" + message):
+            nsi.save(tmp_path / "f.nsi", flow)
+    assert not any(tmp_path.iterdir())

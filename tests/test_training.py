@@ -634,7 +634,7 @@ def test_bad_step_counts(option, value):
 
 @pytest.mark.parametrize("learning_rate", [0.0, -1e-3, float("nan"), float("inf"), True, "1e-3"])
 def test_bad_learning_rate(learning_rate):
-    with pytest.raises(ValueError, match=r"learning_rate must be a (finite number > 0\.0|real"
+    with pytest.raises(ValueError, match=r"learning_rate must be a (finite number in \(0\.0, 1\.0\]|real"
                                          r" number), got"):
         fit_quick(learning_rate=learning_rate)
 
@@ -905,9 +905,9 @@ def test_default_optimizer_with_weight_decay_is_adamw():
 @pytest.mark.parametrize(
     ("arguments", "match"),
     [
-        ((0.0, 100), r"learning_rate must be a finite number > 0\.0, got 0\.0"),
-        ((-1e-3, 100), r"learning_rate must be a finite number > 0\.0, got -0\.001"),
-        ((float("nan"), 100), r"learning_rate must be a finite number > 0\.0, got nan"),
+        ((0.0, 100), r"learning_rate must be a finite number in \(0\.0, 1\.0\], got 0\.0"),
+        ((-1e-3, 100), r"learning_rate must be a finite number in \(0\.0, 1\.0\], got -0\.001"),
+        ((float("nan"), 100), r"learning_rate must be a finite number in \(0\.0, 1\.0\], got nan"),
         ((True, 100), r"learning_rate must be a real number, got True"),
         ((1e-3, 100, -0.1), r"weight_decay must be a finite number >= 0\.0, got -0\.1"),
         ((1e-3, 100, float("inf")), r"weight_decay must be a finite number >= 0\.0, got inf"),

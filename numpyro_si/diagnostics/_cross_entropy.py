@@ -111,11 +111,9 @@ def cross_entropy(
     n_failed = int(n - finite.sum())
     if n_failed:
         warnings.warn(
-            f"cross_entropy: log_prob is not finite at {n_failed} of {n} points (an ODE solve that"
-            " exhausted its step budget gives -inf); they are kept, so the mean is not finite."
-            " Raise the likelihood's step budget (settings=SolverSettings(likelihood="
-            "ODELikelihood(max_steps=...))) or loosen rtol/atol; `values` shows which points"
-            " failed.",
+            f"cross_entropy: log_prob is not finite at {n_failed} of {n} points"
+            f" ({_why_not_finite(flow, arrays, ~finite)}); they are kept, so the mean is not"
+            " finite; `values` shows which points.",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -124,6 +122,30 @@ def cross_entropy(
     if n_failed:
         se = float("nan") if math.isnan(mean) else float("inf")
     return CrossEntropy(mean=mean, se=se, values=values, n=n, n_failed=n_failed)
+
+
+def _why_not_finite(flow, arrays, bad) -> str:
+    """Which of the points with a non-finite log_prob had a failed solve, and which a density
+    that is itself not finite."""
+    if isinstance(flow, ConditionalSIFlow):
+        return ("a likelihood solve that exhausted its step budget, or a point where the density"
+                " is not finite")
+    points = arrays[0][np.asarray(bad)]
+    _, info = eqx.filter_jit(lambda flow, x: flow.log_prob_with_info(x))(flow, points)
+    failed = int(np.sum(~np.asarray(info.succeeded)))
+    reasons = []
+    if failed:
+        reasons.append(
+            f"{failed} likelihood solve(s) exhausted the step budget: raise it"
+            " (settings=SolverSettings(likelihood=ODELikelihood(max_steps=...))) or loosen"
+            " rtol/atol"
+        )
+    if failed < points.shape[0]:
+        reasons.append(
+            f"{points.shape[0] - failed} point(s) where the solve succeeded but the density is"
+            " not finite (far from the data, or outside the support)"
+        )
+    return "; ".join(reasons)
 
 
 def unconstrained_flow(flow, data: Any = None, name: str = "data"):

@@ -55,6 +55,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -119,6 +120,9 @@ class AdaptiveResult:
     - `log_q_solver_error`: max |log q(x) at `flow_tol` - log q(x) at `flow_tol / 100`| over up to
       16 production states (nats): the size of the remaining solver error in the MH ratio (nan if
       not checked).
+    - `interrupted`: whether the run was stopped by Ctrl-C (KeyboardInterrupt). Nothing done is
+      lost: the result holds the latest flow (`None` if no round had trained one yet) and the
+      production draws made so far (none if warm-up was interrupted).
     """
 
     samples: Float[Array, "chains draws d"]
@@ -135,6 +139,7 @@ class AdaptiveResult:
     timing: dict[str, float]
     warmup: dict[str, list]
     log_q_solver_error: float
+    interrupted: bool = False
 
     @property
     def n_chains(self) -> int:
@@ -267,7 +272,19 @@ def _check_inputs(logdensity_fn, initial_positions) -> Array:
         raise ValueError(
             f"initial_positions has NaN or inf in chain(s) {np.flatnonzero(bad).tolist()}."
         )
-    shape = jax.eval_shape(logdensity_fn, positions[0]).shape
+    try:
+        shape = getattr(jax.eval_shape(logdensity_fn, positions[0]), "shape", None)
+    except Exception as error:  # noqa: BLE001 - a model, or a function of something else
+        raise TypeError(
+            f"logdensity_fn must map one position of shape ({positions.shape[1]},) to a scalar"
+            f" log density; calling it failed ({type(error).__name__}: {error}). For a NumPyro"
+            " model use numpyro_si.diagnostics.log_target_from_model(model, *args, **kwargs)."
+        ) from error
+    if shape is None:
+        raise TypeError(
+            "logdensity_fn returned no array (is it a NumPyro model? Use"
+            " numpyro_si.diagnostics.log_target_from_model(model, *args, **kwargs))."
+        )
     if shape != ():
         raise ValueError(
             "logdensity_fn must return a scalar for one position of shape"
@@ -522,60 +539,80 @@ class _WarmUp(NamedTuple):
     flow: SIFlow
     grad_evals: int
     history: dict
+    interrupted: bool = False
 
 
 def _warm_up(key, rounds, learner: _FlowLearner, local_states, da_state, *, n_warmup_rounds,
              max_training_points, n_chains, timing, bar) -> _WarmUp:
-    """Sampling and training rounds; returns the last states, the flow and the history."""
-    local_round, flow_round, attach_flow = rounds
+    """Sampling and training rounds; returns the last states, the flow and the history (what was
+    done so far, `interrupted`, on Ctrl-C)."""
     history = {name: [] for name in (
         "local_acceptance", "global_acceptance", "step_size", "n_training_points",
         "train_history",
     )}
     grad_evals, flow = n_chains, None
     for round_index in range(n_warmup_rounds):
-        bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}: sampling")
-        tic = time.perf_counter()
-        key, key_round = jax.random.split(key)
-        if flow is None:
-            local_states, da_state, record, path, grads = local_round(
-                local_states, da_state, key_round
+        try:
+            key, local_states, da_state, flow, grads, stopped = _warm_up_round(
+                key, round_index, rounds, learner, local_states, da_state, flow, history,
+                n_warmup_rounds=n_warmup_rounds, max_training_points=max_training_points,
+                timing=timing, bar=bar,
             )
-        else:
-            states, da_state, record, path, grads = flow_round(
-                attach_flow(local_states, flow), da_state, key_round, True, flow
-            )
-            local_states = states.local_state
-        path = np.asarray(path)
-        timing["warmup_sampling"] += time.perf_counter() - tic
-        grad_evals += int(grads)
-        local_rate, global_rate = float(jnp.mean(record[2])), float(jnp.mean(record[3]))
-        history["local_acceptance"].append(local_rate)
-        history["global_acceptance"].append(global_rate)
-        history["step_size"].append(float(jnp.exp(da_state.log_step_size)))
-        if not np.all(np.isfinite(path)):
-            raise FloatingPointError(
-                f"Warm-up round {round_index + 1}: a chain reached a non-finite position; lower"
-                " step_size or check logdensity_fn."
-            )
-        bar.update()
-
-        bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}: training")
-        tic = time.perf_counter()
-        training = _thin(path, max_training_points)
-        flow, train_history = learner.train_round(round_index, path, training)
-        timing["training"] += time.perf_counter() - tic
-        history["n_training_points"].append(int(training.shape[0]))
-        history["train_history"].append(train_history)
-        bar.set_postfix(local_acc=f"{local_rate:.2f}", global_acc=f"{global_rate:.2f}",
-                        refresh=False)
-        bar.update()
+        except KeyboardInterrupt:
+            return _WarmUp(local_states, da_state, flow, grad_evals, history, True)
+        grad_evals += grads
+        if stopped:  # Ctrl-C inside training: the flow trained so far is kept
+            return _WarmUp(local_states, da_state, flow, grad_evals, history, True)
     return _WarmUp(local_states, da_state, flow, grad_evals, history)
+
+
+def _warm_up_round(key, round_index, rounds, learner, local_states, da_state, flow, history, *,
+                   n_warmup_rounds, max_training_points, timing, bar):
+    """One sampling round, then one training round. Returns `(key, local_states, da_state, flow,
+    gradient evaluations, whether training was interrupted)`."""
+    local_round, flow_round, attach_flow = rounds
+    bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}: sampling")
+    tic = time.perf_counter()
+    key, key_round = jax.random.split(key)
+    if flow is None:
+        local_states, da_state, record, path, grads = local_round(
+            local_states, da_state, key_round
+        )
+    else:
+        states, da_state, record, path, grads = flow_round(
+            attach_flow(local_states, flow), da_state, key_round, True, flow
+        )
+        local_states = states.local_state
+    path = np.asarray(path)
+    timing["warmup_sampling"] += time.perf_counter() - tic
+    local_rate, global_rate = float(jnp.mean(record[2])), float(jnp.mean(record[3]))
+    history["local_acceptance"].append(local_rate)
+    history["global_acceptance"].append(global_rate)
+    history["step_size"].append(float(jnp.exp(da_state.log_step_size)))
+    if not np.all(np.isfinite(path)):
+        raise FloatingPointError(
+            f"Warm-up round {round_index + 1}: a chain reached a non-finite position; lower"
+            " step_size or check logdensity_fn."
+        )
+    bar.update()
+
+    bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}: training")
+    tic = time.perf_counter()
+    training = _thin(path, max_training_points)
+    flow, train_history = learner.train_round(round_index, path, training)
+    timing["training"] += time.perf_counter() - tic
+    history["n_training_points"].append(int(training.shape[0]))
+    history["train_history"].append(train_history)
+    bar.set_postfix(local_acc=f"{local_rate:.2f}", global_acc=f"{global_rate:.2f}",
+                    refresh=False)
+    bar.update()
+    return key, local_states, da_state, flow, int(grads), train_history.interrupted
 
 
 def _production(key, rounds, warm: _WarmUp, step_size, *, n_production, n_round, bar):
     """`n_production` transitions of the mixed kernel with the flow and the step size frozen:
-    `(samples, logdensity, local rate, global rate, accepted, failed)`, gradient evaluations."""
+    `(samples, logdensity, local rate, global rate, accepted, failed)`, gradient evaluations,
+    and whether Ctrl-C stopped it (the draws are then those of the rounds completed)."""
     _, flow_round, attach_flow = rounds
     frozen_da = warm.da_state._replace(
         log_step_size=jnp.log(jnp.asarray(step_size, warm.da_state.log_step_size.dtype))
@@ -583,16 +620,26 @@ def _production(key, rounds, warm: _WarmUp, step_size, *, n_production, n_round,
     # the production chain starts where warm-up ended (BlackJAX's local states do not depend on
     # the step size, so the last warm-up states carry over)
     states = attach_flow(warm.local_states, warm.flow)
-    records, grad_evals = [], 0
-    for chunk_key in jax.random.split(key, math.ceil(n_production / n_round)):
-        states, _, record, _, grads = flow_round(states, frozen_da, chunk_key, False, warm.flow)
-        records.append(jax.device_get(record))
-        grad_evals += int(grads)
-        bar.update()
+    records, grad_evals, interrupted = [], 0, False
+    try:
+        for chunk_key in jax.random.split(key, math.ceil(n_production / n_round)):
+            states, _, record, _, grads = flow_round(
+                states, frozen_da, chunk_key, False, warm.flow
+            )
+            records.append(jax.device_get(record))
+            grad_evals += int(grads)
+            bar.update()
+    except KeyboardInterrupt:
+        interrupted = True
+    if not records:  # no whole round: empty draws of the right shapes
+        shapes = jax.eval_shape(lambda: flow_round(states, frozen_da, key, False, warm.flow))[2]
+        records = [jax.tree.map(
+            lambda s: np.zeros((s.shape[0], 0, *s.shape[2:]), s.dtype), shapes
+        )]
     draws = tuple(
         jnp.concatenate(parts, axis=1)[:, :n_production] for parts in zip(*records, strict=True)
     )
-    return draws, grad_evals
+    return draws, grad_evals, interrupted
 
 
 def _solver_error(flow: SIFlow, states: Array, flow_tol: float) -> float:
@@ -678,14 +725,8 @@ def run(
     positions = _check_inputs(logdensity_fn, initial_positions)
     n_chains, dim = positions.shape
     dtype = positions.dtype
-    local = LocalKernel(local) if isinstance(local, str) else local
-    if not isinstance(local, LocalKernel):
-        raise TypeError(f"local must be a LocalKernel or a kernel name, got {local!r}.")
-    if not isinstance(network, FieldMLPSpec):
-        raise TypeError(f"network must be an nsi.FieldMLPSpec, got {network!r}.")
-    for name, value in (("n_local", n_local), ("n_warmup_rounds", n_warmup_rounds),
-                        ("n_warmup_steps", n_warmup_steps), ("n_production", n_production)):
-        check_positive_int(name, value)
+    local = _check_run_options(local, network, n_local, n_warmup_rounds, n_warmup_steps,
+                               n_production)
     max_training_points = check_positive_int("max_training_points", max_training_points, 2)
     learner = _FlowLearner(
         jax.random.fold_in(key, 1), network, _per_round(fit_steps, n_warmup_rounds),
@@ -708,25 +749,85 @@ def run(
     )
     step_size = (float(da_final(warm.da_state)) if local.adapt_step_size
                  else float(local.step_size))
+    if warm.flow is not None:
+        _warn_if_target_is_nan(warm.flow, logdensity_fn, jax.random.fold_in(key, 2))
     bar.set_description("production")
     tic = time.perf_counter()
-    draws, grad_evals_production = _production(
-        key_production, rounds, warm, step_size, n_production=n_production,
-        n_round=n_warmup_steps, bar=bar,
-    )
+    if warm.interrupted:
+        draws, grad_evals_production, interrupted = _no_draws(n_chains, dim, dtype), 0, True
+    else:
+        draws, grad_evals_production, interrupted = _production(
+            key_production, rounds, warm, step_size, n_production=n_production,
+            n_round=n_warmup_steps, bar=bar,
+        )
     bar.close()
     samples, logdensity, local_rate, global_rate, accepted, failed = draws
     timing["production"] = time.perf_counter() - tic
     solver_error = (_solver_error(warm.flow, samples[:, -1], learner.flow_tol)
-                    if check_solver_error else float("nan"))
+                    if check_solver_error and samples.shape[1] else float("nan"))
     timing["total"] = time.perf_counter() - t_start
+    if interrupted:
+        _warn_interrupted(warm.interrupted, samples.shape[1])
     return AdaptiveResult(
         samples=samples, logdensity=logdensity, flow=warm.flow, step_size=step_size,
         inverse_mass_matrix=spec.inverse_mass_matrix, local_acceptance=local_rate,
         global_acceptance=global_rate, global_accepted=accepted, global_failed=failed,
         grad_evals_warmup=warm.grad_evals, grad_evals_production=grad_evals_production,
         timing=timing, warmup=warm.history, log_q_solver_error=solver_error,
+        interrupted=interrupted,
     )
+
+
+def _check_run_options(local, network, n_local, n_warmup_rounds, n_warmup_steps,
+                       n_production) -> LocalKernel:
+    """The options `run` checks by hand; returns the `LocalKernel`."""
+    local = LocalKernel(local) if isinstance(local, str) else local
+    if not isinstance(local, LocalKernel):
+        raise TypeError(f"local must be a LocalKernel or a kernel name, got {local!r}.")
+    if not isinstance(network, FieldMLPSpec):
+        raise TypeError(f"network must be an nsi.FieldMLPSpec, got {network!r}.")
+    for name, value in (("n_local", n_local), ("n_warmup_rounds", n_warmup_rounds),
+                        ("n_warmup_steps", n_warmup_steps), ("n_production", n_production)):
+        check_positive_int(name, value)
+    return local
+
+
+def _warn_interrupted(in_warm_up: bool, n_draws: int) -> None:
+    phase = "warm-up" if in_warm_up else "production"
+    warnings.warn(
+        f"adaptive.run was interrupted during {phase}: the result holds the latest flow and"
+        f" {n_draws} production draws per chain (result.interrupted is True).",
+        stacklevel=3,
+    )
+
+
+def _no_draws(n_chains: int, dim: int, dtype) -> tuple:
+    """The production arrays with no draws (warm-up was interrupted)."""
+    def empty(*shape, kind=dtype):
+        return jnp.zeros((n_chains, 0, *shape), kind)
+
+    return empty(dim), empty(), empty(), empty(), empty(kind=bool), empty(kind=bool)
+
+
+#: Points drawn from the warm-up's flow at which `run` checks that the target is not NaN.
+NAN_CHECK_POINTS = 256
+
+
+def _warn_if_target_is_nan(flow: SIFlow, logdensity_fn: Callable, key) -> None:
+    """Warn when log pi is NaN where the flow proposes: MCMC takes NaN as zero density (the move
+    is rejected), which is silent unless the user meant it."""
+    points = eqx.filter_jit(lambda f, k: f.sample(k, (NAN_CHECK_POINTS,)))(flow, key)
+    values = np.asarray(jax.jit(jax.vmap(logdensity_fn))(points))
+    nan = np.isnan(values)
+    if nan.any():
+        example = np.asarray(points)[np.flatnonzero(nan)[0]]
+        warnings.warn(
+            f"logdensity_fn is NaN at {int(nan.sum())} of {NAN_CHECK_POINTS} points the flow"
+            f" proposes (e.g. at {np.array2string(example, precision=3)}). MCMC treats NaN as"
+            " zero density, so those moves are rejected: return -inf where the target has no"
+            " mass (outside its support) and fix the target elsewhere.",
+            stacklevel=3,
+        )
 
 
 def _per_round(fit_steps, n_rounds: int) -> list[int]:
