@@ -12,7 +12,13 @@ import numpyro.distributions as dist
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from numpyro.distributions import constraints
 
-from ._checks import check_points, reject_unknown
+from ._checks import (
+    check_points,
+    check_positive_int,
+    check_real,
+    check_sample_shape,
+    reject_unknown,
+)
 from ._dynamics import Fields, as_eps, as_field
 from ._flow import (
     FIXED_STEP_CANDIDATES,
@@ -203,6 +209,10 @@ class SIFlow(AbstractFlow, dist.Distribution):
         log_prob, info = jax.vmap(lambda y, i: self._flow_log_prob_one(y, t, i))(flat, indices)
         if standardization is not None:
             log_prob = log_prob + standardization.log_abs_det_forward()
+        # NaN in, NaN out (NumPyro's convention), not the -inf of a failed solve; a point at
+        # infinity has density zero
+        log_prob = jnp.where(jnp.any(jnp.isinf(flat), axis=-1), -jnp.inf, log_prob)
+        log_prob = jnp.where(jnp.any(jnp.isnan(flat), axis=-1), jnp.nan, log_prob)
         return log_prob.reshape(batch_shape), jax.tree.map(lambda a: a.reshape(batch_shape), info)
 
     def log_prob(self, value: Float[ArrayLike, "... d"]) -> Float[Array, "..."]:
@@ -217,36 +227,59 @@ class SIFlow(AbstractFlow, dist.Distribution):
 
     # -- sampling -----------------------------------------------------------------------------
 
-    def _transport(self, key, x0):
-        """Move base draws x0 (n, d) to the data end with the configured sampler."""
+    def _transport(self, key, x0) -> tuple[Array, SolveInfo]:
+        """Move base draws x0 (n, d) to the data end with the configured sampler; raises (at run
+        time) rather than return draws of a failed or non-finite solve."""
         fields, settings = self.fields, self.settings
         t0, t1 = fields.interpolant.time_min, fields.interpolant.time_max
         sampler = settings.sampler
         if isinstance(sampler, SDESampler):
             keys = jax.random.split(key, x0.shape[0])
-            return jax.vmap(
+            ys, info = jax.vmap(
                 lambda y, k: solve_sde(fields, y, k, t0, t1, sampler=sampler, data_end=t1)
             )(x0, keys)
+            return _checked_sde_draws(ys, info, sampler), info
         ys, info = jax.vmap(
             lambda y: solve_ode(fields.velocity, y, t0, t1, method=sampler,
                                 rtol=settings.rtol, atol=settings.atol)
         )(x0)
-        return eqx.error_if(
+        ys = eqx.error_if(
             ys, ~info.succeeded[:, None],
             "SIFlow.sample: the ODE solver exhausted its step budget (max_steps); increase"
             " ODESampler(max_steps=...) or loosen rtol/atol.",
         )
+        return ys, info
 
     def sample(self, key: PRNGKeyArray, sample_shape: tuple[int, ...] = ()) -> Array:
         """Draws of shape `sample_shape + (d,)` by the configured sampler (ODE by default)."""
-        sample_shape = tuple(sample_shape)
+        return self.sample_with_info(key, sample_shape)[0]
+
+    def sample_with_info(
+        self, key: PRNGKeyArray, sample_shape: tuple[int, ...] = ()
+    ) -> tuple[Array, SolveInfo]:
+        """`sample` and the `SolveInfo` of each draw's solve, shape `sample_shape`: how many
+        solver steps it took (with an adaptive SDE sampler, what the noise level cost)."""
+        sample_shape = check_sample_shape(sample_shape)
         n = math.prod(sample_shape)
         key_base, key_path = jax.random.split(key)
         x0 = self.base.sample(key_base, (n,))
-        y = self._transport(key_path, x0)
+        y, info = self._transport(key_path, x0)
         if self.standardization is not None:
             y = self.standardization.inverse(y)
-        return y.reshape(sample_shape + (self.dim,))
+        info = jax.tree.map(lambda a: a.reshape(sample_shape), info)
+        return y.reshape(sample_shape + (self.dim,)), info
+
+    def _check_times(self, t0, t1) -> tuple[float, float]:
+        """Both ends of a transport inside [time_min, time_max] (where the fields are defined)."""
+        interpolant = self.interpolant
+        low, high = interpolant.time_min, interpolant.time_max
+        for name, t in (("t0", t0), ("t1", t1)):
+            if isinstance(t, jax.core.Tracer):
+                continue
+            if getattr(t, "shape", None) == ():  # a concrete 0-d array
+                t = float(t)
+            check_real(name, t, low=low, high=high)
+        return t0, t1
 
     def transport(
         self, x: Float[ArrayLike, "... d"], t0: float, t1: float
@@ -254,6 +287,7 @@ class SIFlow(AbstractFlow, dist.Distribution):
         """The ODE flow map X(t1) given X(t0) = x, in the fields' space (no standardization):
         t0 = 1, t1 = 0 encodes data to the base, t0 = 0, t1 = 1 decodes."""
         x = self._check_points(x)
+        t0, t1 = self._check_times(t0, t1)
         settings = self.settings
         sampler = settings.sampler if isinstance(settings.sampler, ODESampler) else ODESampler()
         flat = x.reshape(-1, self.dim)
@@ -282,25 +316,45 @@ class SIFlow(AbstractFlow, dist.Distribution):
 
     def sde_transport(
         self, key: PRNGKeyArray, x: Float[ArrayLike, "... d"], t0: float, t1: float,
-        eps=1.0, n_steps: int = 256,
+        eps=1.0, n_steps: int | None = None,
     ) -> Float[Array, "... d"]:
         """SDE paths from X(t0) = x to t1, in the fields' space: the forward SDE (b + eps s) when
-        t1 > t0, the backward SDE (b - eps s) when t1 < t0."""
+        t1 > t0, the backward SDE (b - eps s) when t1 < t0. Solved as `SDESampler(eps,
+        n_steps)` solves it (adaptive steps with error control by default)."""
         x = self._check_points(x)
+        t0, t1 = self._check_times(t0, t1)
         sampler = SDESampler(eps=as_eps(eps), n_steps=n_steps)
         flat = x.reshape(-1, self.dim)
         keys = jax.random.split(key, flat.shape[0])
         data_end = self.interpolant.time_max
-        ys = jax.vmap(
+        ys, info = jax.vmap(
             lambda y, k: solve_sde(self.fields, y, k, t0, t1, sampler=sampler, data_end=data_end)
         )(flat, keys)
-        return ys.reshape(x.shape)
+        return _checked_sde_draws(ys, info, sampler).reshape(x.shape)
 
     def __repr__(self):
         return (
             f"SIFlow(dim={self.dim}, interpolant={type(self.interpolant).__name__},"
             f" sampler={type(self.sampler).__name__}, rtol={self.rtol}, atol={self.atol})"
         )
+
+
+def _checked_sde_draws(ys: Array, info: SolveInfo, sampler: SDESampler) -> Array:
+    """`ys`, or a run-time error naming eps when a solve ran out of steps or blew up."""
+    if sampler.n_steps is None:
+        ys = eqx.error_if(
+            ys, ~info.succeeded[:, None],
+            f"SDE sampling at eps = {sampler.eps} needed more than max_steps ="
+            f" {sampler.max_steps} steps for a draw: the drift eps * score is stiff near the data"
+            " end. Raise SDESampler(max_steps=...), loosen its rtol/atol, lower eps, or use a"
+            " schedule that vanishes at the data end (nsi.DecayingEps).",
+        )
+    return eqx.error_if(
+        ys, ~jnp.isfinite(ys),
+        f"SDE sampling at eps = {sampler.eps} gave non-finite draws"
+        + (f" with {sampler.n_steps} fixed steps (no error control): drop n_steps for adaptive"
+           " steps, raise it, or lower eps." if sampler.n_steps is not None else "."),
+    )
 
 
 @eqx.filter_jit
@@ -311,9 +365,7 @@ def _jitted_log_prob_with_info(flow, x):
 def _infer_dim(dim, base, velocity, standardization):
     candidates = {}
     if dim is not None:
-        if not (isinstance(dim, int) and dim >= 1):
-            raise ValueError(f"dim must be a positive integer, got {dim!r}.")
-        candidates["dim"] = dim
+        candidates["dim"] = check_positive_int("dim", dim)
     if base is not None and isinstance(base, dist.Distribution) and len(base.event_shape) == 1:
         candidates["base"] = base.event_shape[0]
     velocity_dim = getattr(velocity, "dim", None)

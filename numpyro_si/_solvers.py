@@ -18,7 +18,7 @@ import lineax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ._checks import check_positive_int, check_real, reject_unknown
-from ._dynamics import AbstractEps, ConstantEps, Fields, as_eps
+from ._dynamics import AbstractEps, DecayingEps, Fields, as_eps
 
 
 class SolveInfo(NamedTuple):
@@ -84,31 +84,63 @@ class ODELikelihood(_ODESolve):
 class SDESampler(AbstractSampler):
     """Sample by the forward SDE dX = (b + eps s) dt + sqrt(2 eps) dW from t = 0 to 1.
 
-    The step that ends at the data end t = 1 is a deterministic Euler step of the ODE, since the
-    score of a velocity-only one-sided model is singular there (for the linear path this last step
-    is exactly the Tweedie denoiser E[x1 | x_t]).
+    By default the SDE is solved with error control: Heun's method (strong order 1 for this
+    additive noise) with an embedded Euler error estimate, adaptive steps under a PID controller
+    (`rtol`, `atol`) and a `diffrax.VirtualBrownianTree`, so that rejected steps see the same
+    Brownian path. The drift eps * s is stiff near the data end when the modes are narrow and eps
+    is large; the controller then takes small steps there, so every admissible eps gives draws
+    within the tolerance (it costs more steps: `SIFlow.sample_with_info` reports them). A solve
+    that needs more than `max_steps` steps raises an error naming eps, never returns wrong draws.
+
+    The last `FINAL_ODE_SPAN` of time before the data end is solved by the probability-flow ODE
+    (the score of a velocity-only one-sided model is singular at t = 1; the SDE and the ODE share
+    their marginals, so switching is exact for exact fields).
+
+    With `n_steps`, the SDE is solved instead by `n_steps` fixed steps of `solver` (default
+    Euler-Maruyama), the last one a deterministic Euler step of the ODE: no error control, and a
+    too large eps * step then returns wrong draws.
 
     **Arguments:**
 
-    - `eps`: the noise level, a number, a callable eps(t) or an `AbstractEps` (see `as_eps`).
-    - `n_steps`: number of fixed steps on [0, 1].
-    - `solver`: a diffrax SDE solver for additive noise (default `diffrax.Euler()`,
-      Euler-Maruyama).
+    - `eps`: the noise level, a number, a callable eps(t) or an `AbstractEps` (see `as_eps`);
+      default `DecayingEps(1.0)`, eps(t) = 1 - t, which vanishes at the data end.
+    - `n_steps`: `None` (default) for error-controlled adaptive steps, or a number of fixed steps
+      on [0, 1].
+    - `solver`: a diffrax SDE solver for additive noise (default `diffrax.Heun()` when adaptive,
+      which must then carry an error estimate, `diffrax.Euler()` with fixed steps).
+    - `rtol`, `atol`: tolerances of the adaptive solve (on the fields' standardised scale).
+    - `max_steps`: the adaptive solve's step budget per draw.
     """
 
-    eps: AbstractEps = ConstantEps(1.0)
-    n_steps: int = eqx.field(default=256, static=True)
-    solver: diffrax.AbstractSolver = diffrax.Euler()
+    eps: AbstractEps = DecayingEps(1.0)
+    n_steps: int | None = eqx.field(default=None, static=True)
+    solver: diffrax.AbstractSolver = diffrax.Heun()
+    rtol: float = eqx.field(default=1e-2, static=True)
+    atol: float = eqx.field(default=1e-2, static=True)
+    max_steps: int = eqx.field(default=16384, static=True)
 
-    def __init__(self, eps: float | Callable | AbstractEps = 1.0, n_steps: int = 256,
-                 solver: diffrax.AbstractSolver | None = None):
-        self.eps = as_eps(eps)
-        self.n_steps = n_steps
-        self.solver = diffrax.Euler() if solver is None else solver
+    def __init__(self, eps: float | Callable | AbstractEps | None = None,
+                 n_steps: int | None = None, solver: diffrax.AbstractSolver | None = None, *,
+                 rtol: float = 1e-2, atol: float = 1e-2, max_steps: int = 16384):
+        self.eps = DecayingEps(1.0) if eps is None else as_eps(eps)
+        self.n_steps = None if n_steps is None else check_positive_int(
+            "SDESampler n_steps", n_steps, minimum=2)
+        if solver is None:
+            solver = diffrax.Euler() if self.n_steps is not None else diffrax.Heun()
+        self.solver = solver
+        self.rtol = check_real("SDESampler rtol", rtol, low=0.0, low_open=True)
+        self.atol = check_real("SDESampler atol", atol, low=0.0, low_open=True)
+        self.max_steps = check_positive_int("SDESampler max_steps", max_steps, minimum=2)
 
     def __check_init__(self):
-        if isinstance(self.n_steps, bool) or not isinstance(self.n_steps, int) or self.n_steps < 2:
-            raise ValueError(f"SDESampler needs n_steps >= 2, got {self.n_steps}.")
+        if self.n_steps is not None:
+            check_positive_int("SDESampler n_steps", self.n_steps, minimum=2)
+        elif not isinstance(self.solver, diffrax.AbstractAdaptiveSolver):
+            raise ValueError(
+                f"SDESampler with adaptive steps (n_steps=None) needs a solver with an error"
+                f" estimate (e.g. diffrax.Heun()), got {type(self.solver).__name__}; or give"
+                " n_steps for fixed steps."
+            )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,6 +191,14 @@ class HutchinsonDivergence(AbstractDivergence):
     noise: str = eqx.field(default="rademacher", static=True)
 
     def __check_init__(self):
+        check_positive_int("HutchinsonDivergence n_probes", self.n_probes)
+        if not (isinstance(self.key, jax.Array) and (
+                jnp.issubdtype(self.key.dtype, jax.dtypes.prng_key)
+                or (self.key.dtype == jnp.uint32 and self.key.shape == (2,)))):
+            raise TypeError(
+                "HutchinsonDivergence key must be a JAX PRNG key (jax.random.key(seed)), got"
+                f" {self.key!r}."[:300]
+            )
         if self.noise not in ("rademacher", "gaussian"):
             raise ValueError(f"noise must be 'rademacher' or 'gaussian', got {self.noise!r}.")
 
@@ -191,7 +231,7 @@ class SolverSettings(eqx.Module):
     - `divergence`: `"exact"` / `ExactDivergence()` (default, the trace of the Jacobian) or
       `"hutchinson"` / `HutchinsonDivergence(key)` (a random estimate).
     - `rtol`, `atol`: tolerances of every adaptive solve (sampling and likelihood), positive.
-    - `eps`: with `sampler="sde"`, its noise level (default 1).
+    - `eps`: with `sampler="sde"`, its noise level (default `DecayingEps(1.0)`, eps(t) = 1 - t).
 
     Change them on a flow with `flow.with_settings(...)`.
     """
@@ -223,8 +263,8 @@ class SolverSettings(eqx.Module):
         """A copy with the given settings changed (the constructor's arguments; `None` leaves a
         setting as it is).
 
-        `sampler` may be `"ode"` or `"sde"` (with `eps`, default 1); `eps` alone changes the noise
-        level of an SDE sampler; `divergence` may be `"exact"` or `"hutchinson"`.
+        `sampler` may be `"ode"` or `"sde"` (with `eps`, default `DecayingEps(1.0)`); `eps`
+        alone changes the noise level of an SDE sampler; `divergence` may be `"exact"` or `"hutchinson"`.
         """
         changes = {name: value for name, value in changes.items() if value is not None}
         unknown = {name: value for name, value in changes.items() if name not in _SETTINGS}
@@ -258,7 +298,8 @@ RENAMED_SETTINGS = {
 
 def _as_sampler(sampler, eps) -> AbstractSampler:
     if isinstance(sampler, SDESampler) and eps is not None:
-        return SDESampler(eps, n_steps=sampler.n_steps, solver=sampler.solver)
+        return SDESampler(eps, n_steps=sampler.n_steps, solver=sampler.solver,
+                          rtol=sampler.rtol, atol=sampler.atol, max_steps=sampler.max_steps)
     if isinstance(sampler, AbstractSampler):
         if eps is not None:
             raise ValueError(
@@ -274,7 +315,7 @@ def _as_sampler(sampler, eps) -> AbstractSampler:
             raise ValueError("eps is an SDE option; use sampler='sde'.")
         return ODESampler()
     if sampler == "sde":
-        return SDESampler(1.0 if eps is None else eps)
+        return SDESampler(eps)
     raise ValueError(f"sampler must be 'ode', 'sde' or a sampler object, got {sampler!r}.")
 
 
@@ -328,35 +369,88 @@ def solve_ode(
     return sol.ys[-1], _info(sol)
 
 
+#: The stretch of time next to the data end that adaptive SDE sampling solves by the
+#: probability-flow ODE.
+FINAL_ODE_SPAN = 1.0 / 256
+
+
 def solve_sde(
     fields: Fields, x: Float[Array, " d"], key: PRNGKeyArray, t0: float, t1: float, *,
     sampler: SDESampler, data_end: float,
-) -> Float[Array, " d"]:
+) -> tuple[Float[Array, " d"], SolveInfo]:
     """One SDE path from X(t0) = x to t1: forward (b + eps s) if t1 > t0, backward (b - eps s) if
-    t1 < t0. The step adjacent to `data_end` is a deterministic Euler step of the ODE.
+    t1 < t0; returns `(X(t1), SolveInfo)`. Next to `data_end` the path follows the
+    probability-flow ODE: over the last `FINAL_ODE_SPAN` by an adaptive solve (adaptive
+    sampler), over the last step by a deterministic Euler step (fixed steps).
 
     Time is run forward internally (u = |t - t0|), so diffrax's Brownian motion always goes
     forward: dX = sign * drift(t0 + sign * u, X) du + sqrt(2 eps) dW_u.
     """
     sign = 1.0 if t1 > t0 else -1.0
-    eps = sampler.eps
+    if sampler.n_steps is not None:
+        return _solve_sde_fixed(fields, x, key, t0, t1, sign, sampler, data_end)
+    span = abs(t1 - t0)
+    last = min(FINAL_ODE_SPAN, span / 2)
+    starts_at_data = sign < 0 and abs(t0 - data_end) < 1e-12
+    ends_at_data = sign > 0 and abs(t1 - data_end) < 1e-12
+
+    def ode(y, ta, tb):
+        return solve_ode(fields.b, y, ta, tb, method=ODESampler(max_steps=sampler.max_steps),
+                         rtol=sampler.rtol, atol=sampler.atol)
+
+    y, info = x, SolveInfo(jnp.zeros((), jnp.int32), jnp.ones((), bool))
+    if starts_at_data:
+        y, info = ode(y, t0, t0 - last)
+    u_start, u_end = (last if starts_at_data else 0.0), (span - last if ends_at_data else span)
+    terms = _sde_terms(fields, t0, sign, sampler.eps)
+    brownian = diffrax.VirtualBrownianTree(
+        u_start, u_end, tol=(u_end - u_start) / 2**16,
+        shape=jax.ShapeDtypeStruct(y.shape, y.dtype), key=key,
+    )
+    sol = diffrax.diffeqsolve(
+        diffrax.MultiTerm(terms[0], diffrax.ControlTerm(terms[1], brownian)), sampler.solver,
+        u_start, u_end, (u_end - u_start) / 64, y,
+        stepsize_controller=diffrax.PIDController(rtol=sampler.rtol, atol=sampler.atol),
+        max_steps=sampler.max_steps, throw=False,
+    )
+    y, info = sol.ys[-1], _add_info(info, _info(sol))
+    if ends_at_data:
+        y, final = ode(y, t1 - last, t1)
+        info = _add_info(info, final)
+    return y, info
+
+
+def _sde_terms(fields: Fields, t0: float, sign: float, eps: AbstractEps):
+    """The drift (an `ODETerm`) and the diffusion (a function for a `ControlTerm`) in u."""
     drift = fields.forward_drift(eps) if sign > 0 else fields.backward_drift(eps)
+
+    def drift_u(u, y, args):
+        return sign * drift(t0 + sign * u, y)
+
+    def diffusion_u(u, y, args):
+        scale = jnp.sqrt(2.0 * eps(t0 + sign * u)) * jnp.ones_like(y)
+        return lineax.DiagonalLinearOperator(scale)
+
+    return diffrax.ODETerm(drift_u), diffusion_u
+
+
+def _add_info(a: SolveInfo, b: SolveInfo) -> SolveInfo:
+    return SolveInfo(a.num_steps + b.num_steps, a.succeeded & b.succeeded)
+
+
+def _solve_sde_fixed(fields, x, key, t0, t1, sign, sampler, data_end):
+    """`solve_sde` with `n_steps` fixed steps; the step adjacent to `data_end` is a
+    deterministic Euler step of the ODE."""
     n = sampler.n_steps
     h = abs(t1 - t0) / n
     span = abs(t1 - t0)
+    drift_term, diffusion_u = _sde_terms(fields, t0, sign, sampler.eps)
 
     def stochastic(y, u_start, u_end):
-        def drift_u(u, y, args):
-            return sign * drift(t0 + sign * u, y)
-
-        def diffusion_u(u, y, args):
-            scale = jnp.sqrt(2.0 * eps(t0 + sign * u)) * jnp.ones_like(y)
-            return lineax.DiagonalLinearOperator(scale)
-
         brownian = diffrax.VirtualBrownianTree(
             u_start, u_end, tol=h / 4, shape=jax.ShapeDtypeStruct(y.shape, y.dtype), key=key
         )
-        terms = diffrax.MultiTerm(diffrax.ODETerm(drift_u), diffrax.ControlTerm(diffusion_u, brownian))
+        terms = diffrax.MultiTerm(drift_term, diffrax.ControlTerm(diffusion_u, brownian))
         sol = diffrax.diffeqsolve(
             terms, sampler.solver, u_start, u_end, h, y, max_steps=n, throw=True
         )
@@ -365,13 +459,14 @@ def solve_sde(
     def deterministic(y, t):
         return y + sign * h * fields.b(t, y)
 
+    info = SolveInfo(jnp.asarray(n, jnp.int32), jnp.ones((), bool))
     if sign > 0 and abs(t1 - data_end) < 1e-12:
         y = stochastic(x, 0.0, span - h)
-        return deterministic(y, t1 - h)
+        return deterministic(y, t1 - h), info
     if sign < 0 and abs(t0 - data_end) < 1e-12:
         y = deterministic(x, t0)
-        return stochastic(y, h, span)
-    return stochastic(x, 0.0, span)
+        return stochastic(y, h, span), info
+    return stochastic(x, 0.0, span), info
 
 
 def ode_log_likelihood(

@@ -95,7 +95,7 @@ def test_plain_fit(plain_flow):
 def test_two_sided_fit_with_a_score():
     flow, history = nsi.fit(
         jax.random.key(2), DATA_2D, interpolant=nsi.LinearInterpolant(nsi.BrownianGamma(1.0)),
-        learn_score=True, settings=nsi.SolverSettings(sampler=nsi.SDESampler(0.5)),
+        learn_score=True, settings=nsi.SolverSettings(sampler=nsi.SDESampler(0.5, n_steps=256)),
         **BASE_OPTIONS,
     )
     assert_fit("B", flow, history)

@@ -184,7 +184,7 @@ def _fields(velocity, score):
 def _sde_paths(fields, x, key, *, sampler, t0, t1, data_end, n):
     keys = jax.random.split(key, n)
     return jax.vmap(
-        lambda k: solve_sde(fields, x, k, t0, t1, sampler=sampler, data_end=data_end)
+        lambda k: solve_sde(fields, x, k, t0, t1, sampler=sampler, data_end=data_end)[0]
     )(keys)
 
 
@@ -202,7 +202,8 @@ def test_sde_with_zero_noise_is_euler(t0, t1, data_end, x64):
     fields = _fields(lambda t, x: jnp.sin(3 * t) * x + 0.5, lambda t, x: -x)
     sampler = nsi.SDESampler(nsi.ConstantEps(0.0), n_steps=8)
     x = jnp.array([0.7, -0.4])
-    y = solve_sde(fields, x, jax.random.key(0), t0, t1, sampler=sampler, data_end=data_end)
+    y, info = solve_sde(fields, x, jax.random.key(0), t0, t1, sampler=sampler, data_end=data_end)
+    assert int(info.num_steps) == 8 and bool(info.succeeded)
     np.testing.assert_allclose(y, _euler(fields.b, x, t0, t1, 8), rtol=1e-12)
 
 
@@ -267,8 +268,18 @@ def test_euler_maruyama_reference_ornstein_uhlenbeck(x64):
     _assert_mean_var(y, mean, var)
 
 
-def test_sde_sampler_needs_two_steps():
+def test_sde_sampler_defaults_and_checks():
+    """Adaptive Heun steps with error control and eps(t) = 1 - t by default; fixed steps need at
+    least two and default to Euler-Maruyama; adaptive steps need a solver with an error
+    estimate."""
     with pytest.raises(ValueError, match="n_steps"):
         nsi.SDESampler(n_steps=1)
-    assert nsi.SDESampler().n_steps == 256
-    assert isinstance(nsi.SDESampler().eps, nsi.ConstantEps)
+    default = nsi.SDESampler()
+    assert default.n_steps is None and isinstance(default.solver, diffrax.Heun)
+    assert default.eps == nsi.DecayingEps(1.0) and (default.rtol, default.atol) == (1e-2, 1e-2)
+    assert isinstance(nsi.SDESampler(1.0, n_steps=8).solver, diffrax.Euler)
+    with pytest.raises(ValueError, match="error estimate"):
+        nsi.SDESampler(1.0, solver=diffrax.Euler())
+    for option, value in (("rtol", 0.0), ("atol", -1.0), ("max_steps", 1)):
+        with pytest.raises(ValueError, match=option):
+            nsi.SDESampler(1.0, **{option: value})
