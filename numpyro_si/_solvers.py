@@ -7,6 +7,7 @@ One path each, taking a drift (and for SDEs a noise level) plus a solver object,
 from __future__ import annotations
 
 import abc
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -274,12 +275,33 @@ class SolverSettings(eqx.Module):
         return SolverSettings(**(current | changes))
 
     def check_fields(self, fields: Fields) -> None:
-        """Raise if these settings need something the fields lack (an SDE sampler needs a score)."""
-        if isinstance(self.sampler, SDESampler) and not fields.has_score:
+        """Raise if these settings need something the fields lack (an SDE sampler needs a score);
+        warn when a noise level that stays positive at the data end meets a score derived from
+        the velocity."""
+        if not isinstance(self.sampler, SDESampler):
+            return
+        if not fields.has_score:
             raise ValueError(
                 "SDE sampling needs the score: give `score=` (or fit with a score), or use a"
                 " one-sided interpolant, whose score follows from the velocity."
             )
+        eps = self.sampler.eps
+        if fields.score is None and _positive_at(eps, fields.interpolant.time_max):
+            warnings.warn(
+                f"SDE sampling with eps = {eps}, which does not vanish at the data end, and a"
+                " score derived from the velocity: near the data end the velocity's error is"
+                " amplified, which can pile samples onto the modes' centres (docs/benchmarks.md,"
+                " 'SDE sampling'). Prefer a schedule that vanishes there (nsi.DecayingEps(eps0),"
+                " the default) or learn a score (two-sided interpolant, learn_score=True).",
+                UserWarning, stacklevel=4,
+            )
+
+
+def _positive_at(eps: AbstractEps, t: float) -> bool:
+    try:
+        return float(eps(t)) > 0.0
+    except Exception:  # noqa: BLE001 - traced or not evaluable here: no warning
+        return False
 
 
 _SETTINGS = ("sampler", "eps", "likelihood", "divergence", "rtol", "atol")

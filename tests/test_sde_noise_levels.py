@@ -11,6 +11,8 @@ the count is Poisson with mean 0.34 and exceeds 4 with probability 4e-5; each mo
 exact draws is 1/8 with standard error 0.0105, and we allow 4 of them (0.042).
 """
 
+import warnings
+
 import equinox as eqx
 import jax
 import numpy as np
@@ -83,3 +85,15 @@ def test_a_budget_too_small_for_the_noise_is_refused_by_name(flow):
     sde = flow.with_settings(sampler=nsi.SDESampler(5.0, max_steps=16))
     with pytest.raises(Exception, match=r"eps = ConstantEps\(eps0=5\.0\).*max_steps = 16"):
         jax.block_until_ready(draw(sde, jax.random.key(2)))
+
+
+def test_a_noise_level_that_stays_positive_at_the_data_end_warns_for_a_derived_score(flow):
+    """The score of a velocity-only model follows from the velocity; an eps that does not vanish
+    at t = 1 amplifies the velocity's error there (docs/benchmarks.md, "SDE sampling")."""
+    flow, _ = flow
+    with pytest.warns(UserWarning, match=r"eps = ConstantEps\(eps0=1\.0\), which does not vanish"):
+        flow.with_settings(sampler="sde", eps=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for eps in (None, nsi.DecayingEps(5.0), nsi.ZeroEndsEps(1.0), 0.0):
+            flow.with_settings(sampler="sde", eps=eps)
