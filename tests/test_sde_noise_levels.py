@@ -55,7 +55,8 @@ def assert_on_the_modes(draws, target):
 
 
 @pytest.mark.parametrize("eps", [
-    0.0, 0.5, 1.0, 2.0, 5.0, nsi.DecayingEps(1.0), nsi.DecayingEps(5.0), nsi.ZeroEndsEps(5.0),
+    0.0, 0.5, 1.0, pytest.param(2.0, marks=pytest.mark.slow), 5.0, nsi.DecayingEps(1.0),
+    nsi.DecayingEps(5.0), nsi.ZeroEndsEps(5.0),
 ], ids=str)
 def test_default_sde_solve_is_right_at_every_noise_level(flow, eps):
     flow, target = flow
@@ -72,6 +73,7 @@ def test_the_ode_is_right_too(flow):
     assert_on_the_modes(np.asarray(draws), target)
 
 
+@pytest.mark.slow
 def test_more_noise_costs_more_steps_not_accuracy(flow):
     """The controller pays for a stiffer drift with steps (eps = 5 takes more than eps = 0.5)."""
     flow, _ = flow
