@@ -270,6 +270,12 @@ class ConstrainedSIFlow(AbstractFlow, dist.TransformedDistribution):
         log-Jacobian of the inverse bijection; -inf where the solver ran out of steps."""
         return self.log_prob_with_info(value)[0]
 
+    def sample_with_info(self, key, sample_shape: tuple[int, ...] = ()) -> tuple[Array, SolveInfo]:
+        """`sample` and the `SolveInfo` of each draw's solve (on the unconstrained space), shape
+        `sample_shape`."""
+        y, info = self.flow.sample_with_info(key, sample_shape)
+        return self.transform(y), info
+
     def to_unconstrained(self, x: ArrayLike, name: str = "x") -> Array:
         """Points of the support, `(n,) + event_shape`, checked to lie inside it, mapped to the
         unconstrained space `(n, dim)` (see `to_unconstrained`)."""

@@ -299,3 +299,17 @@ def test_with_fixed_step_likelihood_on_a_support(x64):
     # points outside the support are named, not turned into NaN errors
     with pytest.raises(ValueError, match=r"\(rows 3\) outside the support"):
         flow.with_fixed_step_likelihood(x.at[3, 0].set(-1.0))
+
+
+@pytest.mark.parametrize("support", [constraints.positive, constraints.simplex], ids=str)
+def test_sample_with_info_is_sample_with_the_solves_steps(support):
+    rng = np.random.default_rng(0)
+    data = np.abs(rng.standard_normal((300, 3))) + 0.1
+    if support is constraints.simplex:
+        data = data / data.sum(axis=1, keepdims=True)
+    flow = nsi.build_flow(jax.random.key(0), data, support=support,
+                          network=nsi.FieldMLPSpec(width=8, depth=1))
+    draws, info = flow.sample_with_info(jax.random.key(1), (2, 3))
+    np.testing.assert_array_equal(draws, flow.sample(jax.random.key(1), (2, 3)))
+    assert draws.shape == (2, 3, 3) and info.num_steps.shape == (2, 3)
+    assert bool(info.succeeded.all()) and bool((info.num_steps > 0).all())
