@@ -20,6 +20,19 @@ def write_text(path: Path, text: str) -> None:
     write_atomically(path, lambda f: f.write(text.encode()))
 
 
+def write_docs_region(out: Path, start: str, end: str, text_lines: list[str]) -> None:
+    """Replace the region of `out` between the markers `start` and `end` (or append it); the rest
+    of the file is kept. Read just before writing, since other benchmarks write other regions of
+    the same file."""
+    region = "\n".join([start, *text_lines, end])
+    text = out.read_text() if out.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + region + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + region + "\n"
+    write_text(out, text)
+
+
 def write_json(path: Path, data, **kwargs) -> None:
     write_text(path, json.dumps(data, indent=1, **kwargs))
 

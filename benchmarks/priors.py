@@ -62,7 +62,7 @@ from numpyro.infer.util import initialize_model
 import numpyro_si as nsi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_io import write_text  # noqa: E402
+from _bench_io import write_docs_region  # noqa: E402
 from _density_methods import fit_siflow  # noqa: E402
 
 START, END = "<!-- priors:start -->", "<!-- priors:end -->"
@@ -259,15 +259,8 @@ def machine_description() -> str:
 
 
 def write_region(text_lines: list[str], out: Path = OUT) -> None:
-    """Replace the region between START and END (or append it); the rest of the file is kept.
-    Read just before writing, since other benchmarks write other regions of the same file."""
-    region = "\n".join([START, *text_lines, END])
-    text = out.read_text() if out.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + region + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + region + "\n"
-    write_text(out, text)
+    """The priors region of `out` (docs/benchmarks.md); the rest of the file is kept."""
+    write_docs_region(out, START, END, text_lines)
 
 
 def main(argv=None):

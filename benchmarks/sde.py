@@ -54,7 +54,7 @@ import numpyro_si as nsi
 from numpyro_si.oracle import GaussianMixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_io import write_text  # noqa: E402
+from _bench_io import write_docs_region  # noqa: E402
 
 START, END = "<!-- sde:start -->", "<!-- sde:end -->"
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
@@ -228,14 +228,8 @@ def render(rows, floors, command: str) -> list[str]:
 
 
 def write_region(text_lines: list[str], out: Path = OUT) -> None:
-    """Replace the region between START and END (or append it); the rest of the file is kept."""
-    region = "\n".join([START, *text_lines, END])
-    text = out.read_text() if out.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + region + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + region + "\n"
-    write_text(out, text)
+    """The SDE region of `out` (docs/benchmarks.md); the rest of the file is kept."""
+    write_docs_region(out, START, END, text_lines)
 
 
 def main(argv=None):
