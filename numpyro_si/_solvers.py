@@ -134,9 +134,8 @@ class SDESampler(AbstractSampler):
         self.max_steps = check_positive_int("SDESampler max_steps", max_steps, minimum=2)
 
     def __check_init__(self):
-        if self.n_steps is not None:
-            check_positive_int("SDESampler n_steps", self.n_steps, minimum=2)
-        elif not isinstance(self.solver, diffrax.AbstractAdaptiveSolver):
+        # (n_steps, rtol, atol and max_steps are checked by __init__, the only way to make one)
+        if self.n_steps is None and not isinstance(self.solver, diffrax.AbstractAdaptiveSolver):
             raise ValueError(
                 f"SDESampler with adaptive steps (n_steps=None) needs a solver with an error"
                 f" estimate (e.g. diffrax.Heun()), got {type(self.solver).__name__}; or give"
@@ -424,15 +423,10 @@ def solve_sde(
     if starts_at_data:
         y, info = ode(y, t0, t0 - last)
     u_start, u_end = (last if starts_at_data else 0.0), (span - last if ends_at_data else span)
-    terms = _sde_terms(fields, t0, sign, sampler.eps)
-    brownian = diffrax.VirtualBrownianTree(
-        u_start, u_end, tol=(u_end - u_start) / 2**16,
-        shape=jax.ShapeDtypeStruct(y.shape, y.dtype), key=key,
-    )
-    sol = diffrax.diffeqsolve(
-        diffrax.MultiTerm(terms[0], diffrax.ControlTerm(terms[1], brownian)), sampler.solver,
-        u_start, u_end, (u_end - u_start) / 64, y,
-        stepsize_controller=diffrax.PIDController(rtol=sampler.rtol, atol=sampler.atol),
+    sol = _stochastic_solve(
+        _sde_terms(fields, t0, sign, sampler.eps), sampler.solver, y, key, u_start, u_end,
+        dt0=(u_end - u_start) / 64, tol=(u_end - u_start) / 2**16,
+        controller=diffrax.PIDController(rtol=sampler.rtol, atol=sampler.atol),
         max_steps=sampler.max_steps, throw=False,
     )
     y, info = sol.ys[-1], _add_info(info, _info(sol))
@@ -456,6 +450,20 @@ def _sde_terms(fields: Fields, t0: float, sign: float, eps: AbstractEps):
     return diffrax.ODETerm(drift_u), diffusion_u
 
 
+def _stochastic_solve(terms, solver, y, key, u_start, u_end, *, dt0, tol, controller, max_steps,
+                      throw):
+    """diffrax's solve of the SDE `terms` (drift term, diffusion function) on [u_start, u_end],
+    driven by a `VirtualBrownianTree` of resolution `tol`."""
+    brownian = diffrax.VirtualBrownianTree(
+        u_start, u_end, tol=tol, shape=jax.ShapeDtypeStruct(y.shape, y.dtype), key=key
+    )
+    drift_term, diffusion_u = terms
+    return diffrax.diffeqsolve(
+        diffrax.MultiTerm(drift_term, diffrax.ControlTerm(diffusion_u, brownian)), solver,
+        u_start, u_end, dt0, y, stepsize_controller=controller, max_steps=max_steps, throw=throw,
+    )
+
+
 def _add_info(a: SolveInfo, b: SolveInfo) -> SolveInfo:
     return SolveInfo(a.num_steps + b.num_steps, a.succeeded & b.succeeded)
 
@@ -466,17 +474,13 @@ def _solve_sde_fixed(fields, x, key, t0, t1, sign, sampler, data_end):
     n = sampler.n_steps
     h = abs(t1 - t0) / n
     span = abs(t1 - t0)
-    drift_term, diffusion_u = _sde_terms(fields, t0, sign, sampler.eps)
+    terms = _sde_terms(fields, t0, sign, sampler.eps)
 
     def stochastic(y, u_start, u_end):
-        brownian = diffrax.VirtualBrownianTree(
-            u_start, u_end, tol=h / 4, shape=jax.ShapeDtypeStruct(y.shape, y.dtype), key=key
-        )
-        terms = diffrax.MultiTerm(drift_term, diffrax.ControlTerm(diffusion_u, brownian))
-        sol = diffrax.diffeqsolve(
-            terms, sampler.solver, u_start, u_end, h, y, max_steps=n, throw=True
-        )
-        return sol.ys[-1]
+        return _stochastic_solve(
+            terms, sampler.solver, y, key, u_start, u_end, dt0=h, tol=h / 4,
+            controller=diffrax.ConstantStepSize(), max_steps=n, throw=True,
+        ).ys[-1]
 
     def deterministic(y, t):
         return y + sign * h * fields.b(t, y)
