@@ -13,7 +13,7 @@ For each target, two models are fitted to 20 000 draws with `nsi.fit` (every oth
 default) at two training budgets: the velocity-only one-sided model (the default; its score
 follows from the velocity) and a two-sided model with a learned score
 (`LinearInterpolant(BrownianGamma(1.0))`, `learn_score=True`). Each model then draws 4 000
-samples with every sampler:
+samples with every sampler, once per sampling key (three keys by default, `--sample-keys`):
 
 - `ODE`: the probability-flow ODE (the default sampler);
 - `SDE eps=e`: `nsi.SDESampler(e)`, constant eps, error-controlled adaptive steps (the default
@@ -29,9 +29,12 @@ largest error of a mode's share of the draws (each draw assigned to its nearest 
 error"; at these separations the energy distance mostly measures these shares), the
 cross-entropy -E_q[log p] of the samples under the true density (nats; exact draws give the
 entropy, and values below it mean draws piled onto the modes' centres), and the mean number of
-solver steps per draw (`SIFlow.sample_with_info`).
+solver steps per draw (`SIFlow.sample_with_info`). Each measured column is given as the mean
+over the sampling keys ± their standard deviation (the spread of one set of 4 000 draws; the
+mean's standard error is that divided by sqrt(keys)). The floors are the same statistics for
+sets of exact draws, one per sampling key.
 
-Run: `.venv/bin/python benchmarks/sde.py` (about 30 minutes on 2 cores; `--quick` for a smoke
+Run: `.venv/bin/python benchmarks/sde.py` (about 50 minutes on 2 cores; `--quick` for a smoke
 run that writes nothing). The table goes to `docs/benchmarks.md` between `<!-- sde:start -->`
 and `<!-- sde:end -->`; nothing else in the file is touched.
 """
@@ -131,15 +134,11 @@ def _draw(flow, key):
     return flow.sample_with_info(key, (N_SAMPLES,))
 
 
-def evaluate(flow, sampler, key, target, sd, reference):
-    """(energy distance, off-mode share, cross-entropy, mean steps, seconds) of one row."""
-    flow = flow.with_settings(sampler=sampler)
+def evaluate_once(flow, key, target, sd, reference):
+    """One sampling key's statistics: energy, off-mode, weights, cross-entropy, steps, seconds."""
     tic = time.process_time()
-    try:
-        draws, info = _draw(flow, key)
-        draws = np.asarray(draws)
-    except Exception as error:  # noqa: BLE001 - a refused solve is a row of the table
-        return dict(error=f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
+    draws, info = _draw(flow, key)
+    draws = np.asarray(draws)
     seconds = time.process_time() - tic
     return dict(
         energy=energy_distance(draws, reference), off_mode=off_mode_share(draws, target, sd),
@@ -147,6 +146,25 @@ def evaluate(flow, sampler, key, target, sd, reference):
         cross_entropy=float(-np.mean(np.asarray(target.log_prob(jnp.asarray(draws))))),
         steps=float(np.mean(np.asarray(info.num_steps))), seconds=seconds,
     )
+
+
+def spread(results: list[dict]) -> dict:
+    """Each statistic's mean over the sampling keys and (as `<name>_sd`) its standard deviation."""
+    out = {}
+    for name in results[0]:
+        values = np.array([r[name] for r in results])
+        out[name] = float(values.mean())
+        out[f"{name}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return out
+
+
+def evaluate(flow, sampler, keys, target, sd, reference):
+    """The row of one sampler: `spread` of `evaluate_once` over `keys`, or the solver's refusal."""
+    flow = flow.with_settings(sampler=sampler)
+    try:
+        return spread([evaluate_once(flow, key, target, sd, reference) for key in keys])
+    except Exception as error:  # noqa: BLE001 - a refused solve is a row of the table
+        return dict(error=f"{type(error).__name__}: {str(error).splitlines()[0][:120]}")
 
 
 HEADER = (f"{'target':13s} {'model':14s} {'steps':>6s} {'sampler':26s} {'energy':>8s}"
@@ -162,8 +180,13 @@ def fmt_row(target, model, budget, name, r) -> str:
             f" {r['seconds']:6.1f}")
 
 
-def run(quick: bool) -> tuple[list, list]:
+def pm(r: dict, name: str, digits: int) -> str:
+    return f"{r[name]:.{digits}f} ± {r[name + '_sd']:.{digits}f}"
+
+
+def run(quick: bool, n_keys: int = 3) -> tuple[list, list]:
     budgets = (300,) if quick else (1500, 6000)
+    sampling_keys = jax.random.split(jax.random.key(7), n_keys)
     rows, floors = [], []
     print(HEADER, flush=True)
     for index, (name, (make, sd)) in enumerate(TARGETS.items()):
@@ -173,17 +196,19 @@ def run(quick: bool) -> tuple[list, list]:
         keys = jax.random.split(jax.random.key(index), 5)
         data = np.asarray(target.sample(keys[0], N_TRAIN)[0])
         reference = np.asarray(target.sample(keys[1], N_SAMPLES)[0])
-        second = np.asarray(target.sample(keys[2], N_SAMPLES)[0])
+        seconds = [np.asarray(target.sample(k, N_SAMPLES)[0])
+                   for k in jax.random.split(keys[2], n_keys)]
         entropy, entropy_se = target.entropy_monte_carlo(keys[3], 100_000)
-        floors.append((name, target.dim, sd, energy_distance(second, reference),
-                       off_mode_share(second, target, sd), weight_error(second, target),
-                       float(entropy), float(entropy_se)))
+        floor = spread([dict(energy=energy_distance(x, reference),
+                             off_mode=off_mode_share(x, target, sd),
+                             weights=weight_error(x, target)) for x in seconds])
+        floors.append((name, target.dim, sd, floor, float(entropy), float(entropy_se)))
         for model, options in MODELS.items():
             for budget in budgets:
                 flow, _ = nsi.fit(keys[4], data, num_steps=budget, show_progress=False,
                                   **options)
                 for sampler_name, sampler in samplers(quick).items():
-                    result = evaluate(flow, sampler, jax.random.key(7), target, sd, reference)
+                    result = evaluate(flow, sampler, sampling_keys, target, sd, reference)
                     rows.append((name, model, budget, sampler_name, result))
                     print(fmt_row(name, model, budget, sampler_name, result), flush=True)
     return rows, floors
@@ -195,7 +220,7 @@ def machine() -> str:
             " float32")
 
 
-def render(rows, floors, command: str) -> list[str]:
+def render(rows, floors, command: str, n_keys: int) -> list[str]:
     lines = [
         "## SDE sampling: noise level, schedule and training budget",
         "",
@@ -204,14 +229,16 @@ def render(rows, floors, command: str) -> list[str]:
         " against 4 000 fresh true draws; cross-entropy -E_q[log p] in nats (exact draws give"
         " the entropy; values below it mean draws piled onto the modes' centres); solver steps:"
         " mean per draw (ODE: Tsit5 steps; SDE: Heun steps plus the final ODE stretch). The"
-        " floors are those of a second set of 4 000 exact draws. Weight error: the largest"
-        " |share of draws nearest a mode - its weight|.",
+        " floors are those of sets of 4 000 exact draws. Weight error: the largest"
+        " |share of draws nearest a mode - its weight|. Every cell is the mean ± standard"
+        f" deviation over {n_keys} sampling keys (sets of draws).",
         "",
         "| target | d | mode sd | energy floor | off-mode floor | weight error floor | entropy |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name, dim, sd, energy, off, weights, entropy, entropy_se in floors:
-        lines.append(f"| {name} | {dim} | {sd:g} | {energy:.4f} | {off:.3f} | {weights:.3f} |"
+    for name, dim, sd, floor, entropy, entropy_se in floors:
+        lines.append(f"| {name} | {dim} | {sd:g} | {pm(floor, 'energy', 4)} |"
+                     f" {pm(floor, 'off_mode', 3)} | {pm(floor, 'weights', 3)} |"
                      f" {entropy:.3f} ± {entropy_se:.3f} |")
     lines += ["", "| target | model | training steps | sampler | energy distance | off-mode |"
               " weight error | cross-entropy | solver steps |",
@@ -221,9 +248,9 @@ def render(rows, floors, command: str) -> list[str]:
             lines.append(f"| {name} | {model} | {budget} | {sampler} | refused: {r['error']} |"
                          " | | | |")
         else:
-            lines.append(f"| {name} | {model} | {budget} | {sampler} | {r['energy']:.4f} |"
-                         f" {r['off_mode']:.3f} | {r['weights']:.3f} | {r['cross_entropy']:.3f} |"
-                         f" {r['steps']:.0f} |")
+            lines.append(f"| {name} | {model} | {budget} | {sampler} | {pm(r, 'energy', 4)} |"
+                         f" {pm(r, 'off_mode', 3)} | {pm(r, 'weights', 3)} |"
+                         f" {pm(r, 'cross_entropy', 3)} | {r['steps']:.0f} |")
     return lines
 
 
@@ -235,9 +262,11 @@ def write_region(text_lines: list[str], out: Path = OUT) -> None:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings; writes nothing")
+    parser.add_argument("--sample-keys", type=int, default=3,
+                        help="sampling keys (sets of draws) per row; the spread is over these")
     args = parser.parse_args(argv)
-    rows, floors = run(args.quick)
-    lines = render(rows, floors, "python benchmarks/sde.py")
+    rows, floors = run(args.quick, args.sample_keys)
+    lines = render(rows, floors, "python benchmarks/sde.py", args.sample_keys)
     if not args.quick:
         write_region(lines)
         print(f"wrote {OUT}")
