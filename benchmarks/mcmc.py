@@ -1,12 +1,20 @@
 """MCMC benchmark: NUTS, SIFlow-boosted MALA/NUTS, flowMC and NeuTra on targets with known answers.
 
-Run: `.venv/bin/python benchmarks/mcmc.py` (all targets, about an hour on 2 CPU cores);
-`--quick` for a smoke run with small budgets; `--targets gmm2,funnel10` for a subset (names below);
-`--methods nuts,si-mala` for a subset of methods; `--no-write` to print only. Each row is stored
-in `docs/figures/mcmc/results.json` by target and method id (a run with `--targets`/`--methods`
-replaces only its own rows), and the table of every stored row goes to `docs/benchmarks.md`
-between the markers `<!-- mcmc:start -->` and `<!-- mcmc:end -->` (only that region is
-rewritten).
+Run: `.venv/bin/python benchmarks/mcmc.py` (every target and method, seeds 0, 1, 2: several
+hours on 2 CPU cores); `--quick` for a smoke run with small budgets that writes nothing;
+`--targets gmm2,funnel10`, `--methods nuts,si-mala`, `--seeds 0,1,2,3` for a subset or more
+seeds. One invocation is one run: its rows go to `docs/figures/mcmc/results.json` (replacing the
+stored run) after each row, with the 1-minute load average at the row's start and end, and the
+table of that run's rows goes to `docs/benchmarks.md` between `<!-- mcmc:start -->` and
+`<!-- mcmc:end -->` (nothing else there is touched). `--resume` continues the stored run where it
+stopped (same settings; resumptions are named in the header). Rendering refuses rows from more
+than one run unless `--allow-mixed-runs` is given (which keeps the earlier runs' rows and names
+every run in the header). `--render-only` re-renders the stored rows.
+
+Seeds are outermost: for each seed, every target, and each target's methods in an order rotated
+by seed and target, so machine load falls on every method alike; each seed draws new start
+points (shared by every method) and new keys. Cells are the mean ± standard deviation over the
+seeds.
 
 Targets (all with known answers; `TARGETS` below):
 
@@ -28,12 +36,19 @@ Targets (all with known answers; `TARGETS` below):
   moments vanish; E[mean_i phi_i^2] comes from a long within-mode NUTS reference (`PHI4_REF`;
   phi -> -phi maps one mode onto the other, so a within-mode chain gives the even moments).
 
-Methods, all from the same initial points (spread over the modes), 16 chains each:
+Methods, all from the same initial points (spread over the modes), 16 chains unless said:
 
-- `nuts`: NumPyro NUTS (vectorised chains, default warm-up).
+- `nuts`: NumPyro NUTS (vectorised chains, default settings and warm-up).
 - `si-mala`, `si-nuts`: `numpyro_si.inference.adaptive.run` with MALA or NUTS local steps.
-- `flowmc`: flowMC 0.6 `RQSpline_MALA_Bundle` (its RQSpline flow + MALA).
-- `neutra`: NumPyro `AutoBNAFNormal` fitted by SVI, then `NeuTraReparam` + NUTS.
+- `flowmc`: flowMC 0.6.4 `RQSpline_MALA_Bundle` (its RQSpline flow + MALA) with the settings of
+  its dual-moon tutorial (20 chains: the shared 16 and 4 more drawn alike; 100 Adam steps of flow
+  training); `flowmc-long`: the same with 3000 Adam steps, SIFlow's training budget;
+  `flowmc-pt`: that with its parallel-tempering bundle (`RQSpline_MALA_PT_Bundle`).
+- `neutra`: NumPyro `AutoBNAFNormal` fitted by SVI as in NumPyro's `examples/neutra.py`, then
+  `NeuTraReparam` + NUTS started at the shared points' pre-images in the guide's latent space.
+
+The budgets and every peer setting, against what the peer's documentation recommends, are
+rendered as tables above the results (`budget_table`, `peer_settings`).
 
 Reported per target and method: mode-weight error (max over modes of |estimate - truth|), error of
 the first moments (max over the reported coordinates of |mean - truth| / true sd) and of the second
@@ -50,8 +65,8 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -64,10 +79,10 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_io import write_json, write_text  # noqa: E402
+from _bench_io import write_docs_region, write_json  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-# the table's numbers of every run, {"schema": 1, "rows": {target id: {method id: fields}}}
+# the rows of the table's run (`read_store`)
 STORE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "mcmc" / "results.json"
 START, END = "<!-- mcmc:start -->", "<!-- mcmc:end -->"
 N_CHAINS = 16
@@ -237,31 +252,54 @@ TARGETS = {
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
+# flowMC's dual-moon tutorial (docs/tutorials/dualmoon.ipynb, cell 8, GW-JAX-Team/flowMC@2416b11,
+# the same in kazewong/flowMC@b6a06e5): the settings its documentation recommends, as
+# RQSpline_MALA_Bundle arguments; everything not named here is the 0.6.4 bundle's default.
+FLOWMC_TUTORIAL = dict(
+    n_chains=20, n_local_steps=100, n_global_steps=10, n_training_loops=20,
+    n_production_loops=20, n_epochs=5, learning_rate=5e-3, batch_size=5000, n_max_examples=5000,
+)
+# The flowMC variants of the table: the tutorial's settings; the same with a flow training budget
+# equal to SIFlow's (3000 Adam steps: batches of 500 from its 5000 examples, 15 epochs per
+# training loop); and that with its parallel-tempering bundle (5 temperatures up to 20 as in its
+# parallel-tempering tutorial, MALA steps at each temperature as many as the local steps).
+FLOWMC_VARIANTS = {
+    "flowmc": {},
+    "flowmc-long": dict(batch_size=500, n_epochs=15),
+    "flowmc-pt": dict(batch_size=500, n_epochs=15, n_temperatures=5, max_temperature=20.0),
+}
+
+
+@dataclasses.dataclass(frozen=True)
 class Budget:
+    """Every method's settings; the peers' follow their own documentation and examples
+    (`peer_settings` cites them)."""
+
     warmup: int  # NUTS / NeuTra warm-up iterations
-    draws: int  # production draws per chain
+    draws: int  # production draws per chain (NUTS, NeuTra, SIFlow)
     si_rounds: int
     si_round_steps: int
     si_fit_steps: int
     si_n_local: int
-    flowmc_training_loops: int
-    flowmc_production_loops: int
-    flowmc_local: int
-    flowmc_global: int
-    flowmc_epochs: int
+    flowmc: dict  # RQSpline_MALA_Bundle arguments
     neutra_svi_steps: int
+    neutra_learning_rate: float
+
+    def flowmc_settings(self, variant: str) -> dict:
+        settings = self.flowmc | FLOWMC_VARIANTS[variant]
+        settings["n_max_examples"] = max(settings["n_max_examples"], settings["batch_size"])
+        return settings
 
 
 FULL = Budget(
     warmup=500, draws=500, si_rounds=3, si_round_steps=100, si_fit_steps=1000, si_n_local=5,
-    flowmc_training_loops=10, flowmc_production_loops=25, flowmc_local=10, flowmc_global=10,
-    flowmc_epochs=10, neutra_svi_steps=2000,
+    flowmc=FLOWMC_TUTORIAL, neutra_svi_steps=10_000, neutra_learning_rate=3e-3,
 )
 QUICK = Budget(
-    warmup=200, draws=200, si_rounds=2, si_round_steps=50, si_fit_steps=300, si_n_local=3,
-    flowmc_training_loops=4, flowmc_production_loops=10, flowmc_local=10, flowmc_global=10,
-    flowmc_epochs=5, neutra_svi_steps=500,
+    warmup=100, draws=100, si_rounds=2, si_round_steps=50, si_fit_steps=200, si_n_local=3,
+    flowmc=dict(FLOWMC_TUTORIAL, n_local_steps=10, n_global_steps=5, n_training_loops=4,
+                n_production_loops=4, n_epochs=2, batch_size=1000, n_max_examples=1000),
+    neutra_svi_steps=300, neutra_learning_rate=3e-3,
 )
 
 
@@ -280,7 +318,7 @@ def run_nuts(key, target: Target, x0, budget: Budget):
     mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=("num_steps",))
     samples = np.asarray(mcmc.get_samples(group_by_chain=True))
     evals = N_CHAINS + warm_steps + int(np.sum(mcmc.get_extra_fields()["num_steps"]))
-    return samples, evals, {}
+    return samples, evals, {"flow steps": 0}
 
 
 def run_si(local: str):
@@ -296,6 +334,7 @@ def run_si(local: str):
             "global acc": float(jnp.mean(result.global_acceptance)),
             "log q solver error": result.log_q_solver_error,
             "timing": {k: round(v, 1) for k, v in result.timing.items()},
+            "flow steps": budget.si_rounds * budget.si_fit_steps,
         }
         evals = result.grad_evals_warmup + result.grad_evals_production
         return np.asarray(result.samples), evals, extra
@@ -303,34 +342,91 @@ def run_si(local: str):
     return run
 
 
-def run_flowmc(key, target: Target, x0, budget: Budget):
-    from flowMC.resource_strategy_bundle.RQSpline_MALA import RQSpline_MALA_Bundle
-    from flowMC.Sampler import Sampler
+def flowmc_starts(key, target: Target, x0, n_chains: int):
+    """The shared start points, then (if flowMC runs more chains) more drawn as they were."""
+    if n_chains <= len(x0):
+        return x0[:n_chains]
+    return jnp.concatenate([x0, target.init(jax.random.fold_in(key, 99), n_chains - len(x0))])
 
-    logging.getLogger("flowMC").setLevel(logging.WARNING)
-    key_bundle, key_sampler = jax.random.split(key)
-    bundle = RQSpline_MALA_Bundle(
-        key_bundle, N_CHAINS, target.dim, lambda x, data: target.logdensity(x),
-        n_local_steps=budget.flowmc_local, n_global_steps=budget.flowmc_global,
-        n_training_loops=budget.flowmc_training_loops,
-        n_production_loops=budget.flowmc_production_loops, n_epochs=budget.flowmc_epochs,
-    )
-    sampler = Sampler(
-        n_dim=target.dim, n_chains=N_CHAINS, rng_key=key_sampler,
-        resource_strategy_bundles=bundle, checkpoint_interval=0,
-    )
-    sampler.sample(x0, {})
-    samples = np.asarray(sampler.resources["positions_production"].data)
-    global_acc = np.asarray(sampler.resources["global_accs_production"].data)
-    loops = budget.flowmc_training_loops + budget.flowmc_production_loops
-    # its MALA evaluates the gradient at the current point and at the proposal (2 per step); a
-    # global step evaluates the density at the flow's proposal (1)
-    evals = N_CHAINS * loops * (2 * budget.flowmc_local + budget.flowmc_global)
-    # the global-acceptance buffer holds 0/1 per stored step; its global steps are the last
-    # flowmc_global of every loop of flowmc_local + flowmc_global stored steps
-    period = budget.flowmc_local + budget.flowmc_global
-    is_global = (np.arange(samples.shape[1]) % period) >= budget.flowmc_local
-    return samples, evals, {"global acc": float(np.mean(global_acc[:, is_global]))}
+
+def flowmc_adam_steps(settings: dict) -> int:
+    """Adam steps of flowMC's flow training: each training loop draws `n_max_examples` points
+    (with replacement) from the last `history_window` steps of every chain and runs `n_epochs`
+    epochs over them in batches of `batch_size` (its `train_epoch` drops a last partial batch and
+    takes one step on all the points when they are fewer than a batch)."""
+    per_epoch = max(settings["n_max_examples"] // settings["batch_size"], 1)
+    return settings["n_training_loops"] * settings["n_epochs"] * per_epoch
+
+
+def flowmc_evals(settings: dict) -> int:
+    """Target evaluations of a flowMC run: its MALA evaluates the density and gradient at the
+    current point and at the proposal (2 per step), a global step the density at the flow's
+    proposal (1), and the tempering step MALA steps at every temperature."""
+    local, global_ = settings["n_local_steps"], settings["n_global_steps"]
+    per_loop = 2 * local + global_
+    if "n_temperatures" in settings:
+        per_loop += 2 * settings["n_temperatures"] * settings.get("n_tempered_steps", local)
+    loops = settings["n_training_loops"] + settings["n_production_loops"]
+    return settings["n_chains"] * loops * per_loop
+
+
+def run_flowmc(variant: str):
+    def run(key, target: Target, x0, budget: Budget):
+        from flowMC.resource_strategy_bundle.RQSpline_MALA import RQSpline_MALA_Bundle
+        from flowMC.resource_strategy_bundle.RQSpline_MALA_PT import RQSpline_MALA_PT_Bundle
+        from flowMC.Sampler import Sampler
+
+        logging.getLogger("flowMC").setLevel(logging.WARNING)
+        key_bundle, key_sampler, key_init = jax.random.split(key, 3)
+        settings = budget.flowmc_settings(variant)
+        bundle_type = RQSpline_MALA_PT_Bundle if "n_temperatures" in settings \
+            else RQSpline_MALA_Bundle
+        bundle = bundle_type(key_bundle, n_dims=target.dim,
+                             logpdf=lambda x, data: target.logdensity(x), **settings)
+        sampler = Sampler(
+            n_dim=target.dim, n_chains=settings["n_chains"], rng_key=key_sampler,
+            resource_strategy_bundles=bundle, checkpoint_interval=0,
+        )
+        sampler.sample(flowmc_starts(key_init, target, x0, settings["n_chains"]), {})
+        samples = np.asarray(sampler.resources["positions_production"].data)
+        global_acc = np.asarray(sampler.resources["global_accs_production"].data)
+        step_size = np.asarray(sampler.resources["local_sampler"].step_size)
+        # the global-acceptance buffer holds 0/1 per stored step; its global steps are the last
+        # n_global_steps of every loop of n_local_steps + n_global_steps stored steps
+        period = settings["n_local_steps"] + settings["n_global_steps"]
+        is_global = (np.arange(samples.shape[1]) % period) >= settings["n_local_steps"]
+        return samples, flowmc_evals(settings), {
+            "global acc": float(np.mean(global_acc[:, is_global])),
+            "flow steps": flowmc_adam_steps(settings),
+            "mala step size": [float(step_size.min()), float(step_size.max())],
+        }
+
+    return run
+
+
+def latent_start(transform: Callable, x0, iterations: int = 100):
+    """z with transform(z) close to x0, per row of x0, by damped Newton steps from z = x0 (the
+    guide's flow has no closed-form inverse): each step takes the largest of 1, 1/2, ..., 1/64
+    of the Newton step that lowers the residual. Returns z and each row's max |transform(z) - x|."""
+    damping = 2.0 ** -jnp.arange(7)
+
+    def solve(x):
+        def residual(z):
+            return jnp.max(jnp.abs(transform(z) - x))
+
+        def step(z, _):
+            delta = jnp.linalg.solve(jax.jacfwd(transform)(z), transform(z) - x)
+            candidates = z - damping[:, None] * delta
+            errors = jax.vmap(residual)(candidates)
+            errors = jnp.where(jnp.isfinite(errors), errors, jnp.inf)
+            best = jnp.argmin(errors)
+            return jnp.where(errors[best] < residual(z), candidates[best], z), None
+
+        z, _ = jax.lax.scan(step, x, None, length=iterations)
+        return z, residual(z)
+
+    z, error = jax.vmap(solve)(x0)
+    return z, np.asarray(error)
 
 
 def run_neutra(key, target: Target, x0, budget: Budget):
@@ -349,33 +445,42 @@ def run_neutra(key, target: Target, x0, budget: Budget):
 
     key_svi, key_mcmc = jax.random.split(key)
     guide = AutoBNAFNormal(model, num_flows=1, hidden_factors=[8, 8])
-    svi = SVI(model, guide, optim.Adam(1e-3), Trace_ELBO())
+    svi = SVI(model, guide, optim.Adam(budget.neutra_learning_rate), Trace_ELBO())
     svi_result = svi.run(key_svi, budget.neutra_svi_steps, progress_bar=False)
     neutra = NeuTraReparam(guide, svi_result.params)
+
+    def transform(z):
+        return neutra.transform_sample(z)["x"]
+
+    # start NUTS at the shared points: their pre-images under the guide's flow (as near as
+    # Newton's method gets; the largest miss is reported)
+    z0, residual = latent_start(transform, jnp.asarray(x0))
     mcmc = MCMC(
         NUTS(neutra.reparam(model)), num_warmup=budget.warmup, num_samples=budget.draws,
         num_chains=N_CHAINS, chain_method="vectorized", progress_bar=False,
     )
-    del x0  # NUTS starts in the latent space of the guide (NumPyro's default initialisation)
-    mcmc.warmup(key_mcmc, extra_fields=("num_steps",), collect_warmup=True)
+    mcmc.warmup(key_mcmc, init_params={"auto_shared_latent": z0}, extra_fields=("num_steps",),
+                collect_warmup=True)
     warm_steps = int(np.sum(mcmc.get_extra_fields()["num_steps"]))
     mcmc.run(mcmc.post_warmup_state.rng_key, extra_fields=("num_steps",))
     latent = mcmc.get_samples(group_by_chain=True)["auto_shared_latent"]
-    samples = np.asarray(
-        jax.vmap(lambda z: neutra.transform_sample(z)["x"])(latent.reshape(-1, target.dim))
-    ).reshape(N_CHAINS, budget.draws, target.dim)
+    samples = np.asarray(jax.vmap(transform)(latent.reshape(-1, target.dim))).reshape(
+        N_CHAINS, budget.draws, target.dim)
     # one model gradient per SVI step (one ELBO particle) and per leapfrog step
     evals = budget.neutra_svi_steps + N_CHAINS + warm_steps + int(
         np.sum(mcmc.get_extra_fields()["num_steps"])
     )
-    return samples, evals, {}
+    return samples, evals, {"flow steps": budget.neutra_svi_steps,
+                            "start miss": float(residual.max())}
 
 
 METHODS = {
     "nuts": run_nuts,
     "si-mala": run_si("mala"),
     "si-nuts": run_si("nuts"),
-    "flowmc": run_flowmc,
+    "flowmc": run_flowmc("flowmc"),
+    "flowmc-long": run_flowmc("flowmc-long"),
+    "flowmc-pt": run_flowmc("flowmc-pt"),
     "neutra": run_neutra,
 }
 # the table's labels of the method ids, in the table's order
@@ -383,7 +488,9 @@ METHOD_LABELS = {
     "nuts": "NUTS",
     "si-mala": "SIFlow + MALA",
     "si-nuts": "SIFlow + NUTS",
-    "flowmc": "flowMC (RQSpline + MALA)",
+    "flowmc": "flowMC, its tutorial's settings",
+    "flowmc-long": "flowMC, 3000 Adam steps",
+    "flowmc-pt": "flowMC + tempering, 3000 Adam steps",
     "neutra": "NeuTra (AutoBNAFNormal + NUTS)",
 }
 
@@ -415,48 +522,305 @@ def score(target: Target, samples: np.ndarray, evals: int, seconds: float) -> di
     return out
 
 
-def fmt(value, spec):
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else \
-        format(value, spec)
-
-
-HEADER = (
-    "| target | method | mode-weight error | 1st-moment error (sd) | 2nd-moment error (rel.) |"
-    " min ESS (bulk) | ESS / 1000 evals | ESS / s | wall-clock (s) | global acc. |"
-)
-
-
 def table_fields(result) -> dict:
     """The numbers a scored run contributes to the table (None where not applicable)."""
     fields = {
         "weight_error": result["weight error"], "m1_error": result["m1 error"],
-        "m2_error": result["m2 error"], "ess": result["ess"],
+        "m2_error": result["m2 error"], "ess": result["ess"], "evals": result["evals"],
         "ess_per_1000_evals": 1000 * result["ess"] / result["evals"] if result["evals"] else None,
         "ess_per_s": result["ess"] / result["seconds"], "seconds": result["seconds"],
-        "global_acc": result.get("global acc"),
+        "global_acc": result.get("global acc"), "flow_steps": result.get("flow steps"),
     }
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in fields.items()}
 
 
-def row(target: str, method: str, fields: dict) -> str:
-    """A table row of target and method ids from their stored `table_fields`."""
-    return (
-        f"| {target} | {METHOD_LABELS[method]} | {fmt(fields['weight_error'], '.3f')} |"
-        f" {fmt(fields['m1_error'], '.3f')} | {fmt(fields['m2_error'], '.3f')} |"
-        f" {fmt(fields['ess'], '.0f')} | {fmt(fields['ess_per_1000_evals'], '.2f')} |"
-        f" {fmt(fields['ess_per_s'], '.2f')} | {fields['seconds']:.0f} |"
-        f" {fmt(fields['global_acc'], '.2f')} |"
-    )
+# ------------------------------------------------------------------------------------------------
+# the run's store: every row of one run, with the load it ran under
+# ------------------------------------------------------------------------------------------------
 
 
-def read_store() -> dict:
-    return json.loads(STORE.read_text())["rows"] if STORE.exists() else {}
+class MixedRunsError(RuntimeError):
+    """The stored rows come from more than one run."""
 
 
-def store_row(target: str, method: str, fields: dict) -> None:
-    rows = read_store()
-    rows.setdefault(target, {})[method] = fields
-    write_json(STORE, {"schema": 1, "rows": rows})
+def new_run(command: str, budget: Budget, seeds: list[int], targets: list[str],
+            methods: list[str]) -> dict:
+    return {
+        "id": time.strftime("%Y%m%dT%H%M%S"), "command": command,
+        "started": time.strftime("%Y-%m-%d %H:%M"), "resumed": [], "machine": machine(),
+        "budget": dataclasses.asdict(budget), "seeds": seeds, "targets": targets,
+        "methods": methods,
+    }
+
+
+def read_store(path: Path = STORE) -> dict:
+    """`{"schema": 2, "runs": {run id: run}, "rows": [row, ...]}`; each row carries its run id,
+    seed, target, method, `table_fields`, and the 1-minute load average at its start and end."""
+    if path.exists():
+        store = json.loads(path.read_text())
+        if store.get("schema") == 2:
+            return store
+    return {"schema": 2, "runs": {}, "rows": []}
+
+
+def save_store(store: dict, path: Path = STORE) -> None:
+    write_json(path, store)
+
+
+def is_done(store: dict, run_id: str, seed: int, target: str, method: str) -> bool:
+    return any(r["run"] == run_id and r["seed"] == seed and r["target"] == target
+               and r["method"] == method for r in store["rows"])
+
+
+def aggregate(rows: list[dict], allow_mixed: bool = False) -> dict:
+    """{(target, method): {field: (mean, sd, n)}} over the rows' seeds.
+
+    Raises `MixedRunsError` when the rows come from more than one run, unless `allow_mixed`."""
+    runs = sorted({r["run"] for r in rows})
+    if len(runs) > 1 and not allow_mixed:
+        raise MixedRunsError(
+            f"the stored rows come from {len(runs)} runs ({', '.join(runs)}); a table's rows"
+            " must come from one run. Re-run every row (or pass --allow-mixed-runs to render"
+            " them anyway, each run named in the header)."
+        )
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["target"], r["method"]), []).append(r["fields"])
+    out = {}
+    for key, fields in groups.items():
+        out[key] = {}
+        for name in fields[0]:
+            values = [f[name] for f in fields if isinstance(f.get(name), (int, float))]
+            if not values:
+                out[key][name] = (None, None, 0)
+                continue
+            values = np.asarray(values, dtype=float)
+            sd = float(values.std(ddof=1)) if len(values) > 1 else None
+            out[key][name] = (float(values.mean()), sd, len(values))
+    return out
+
+
+def cell(stat: tuple, spec: str) -> str:
+    mean, sd, _ = stat
+    if mean is None:
+        return "n/a"
+    return format(mean, spec) + ("" if sd is None else " ± " + format(sd, spec))
+
+
+HEADER = (
+    "| target | method | seeds | mode-weight error | 1st-moment error (sd) |"
+    " 2nd-moment error (rel.) | min ESS (bulk) | target evals (k) | ESS / 1000 evals | ESS / s |"
+    " wall-clock (s) | global acc. |"
+)
+
+
+def table(stats: dict, targets: list[str]) -> list[str]:
+    lines = [HEADER, "| " + " | ".join(["---"] * 12) + " |"]
+    for target in targets:
+        for method in METHOD_LABELS:
+            if (target, method) not in stats:
+                continue
+            s = stats[target, method]
+            evals = s["evals"]
+            lines.append(
+                f"| {target} | {METHOD_LABELS[method]} | {s['ess'][2]} |"
+                f" {cell(s['weight_error'], '.3f')} | {cell(s['m1_error'], '.3f')} |"
+                f" {cell(s['m2_error'], '.3f')} | {cell(s['ess'], '.0f')} |"
+                f" {evals[0] / 1000:.0f} | {cell(s['ess_per_1000_evals'], '.2f')} |"
+                f" {cell(s['ess_per_s'], '.2f')} | {cell(s['seconds'], '.0f')} |"
+                f" {cell(s['global_acc'], '.2f')} |"
+            )
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# peers' settings: what was used against what their documentation recommends
+# ------------------------------------------------------------------------------------------------
+
+
+def budget_table(budget: Budget) -> list[str]:
+    """Per method: chains, warm-up, draws, flow training steps: the budgets, stated."""
+    b = budget
+    rows = [
+        ("NUTS", N_CHAINS, f"{b.warmup} NUTS steps (NumPyro's window adaptation)",
+         f"{b.draws}", "none"),
+        ("SIFlow + MALA / NUTS", N_CHAINS,
+         f"{b.si_rounds} rounds of {b.si_round_steps} transitions ({b.si_n_local} local steps"
+         " + 1 flow move each), a flow fitted after each",
+         f"{b.draws} transitions", f"{b.si_rounds * b.si_fit_steps} Adam steps (batch 512)"),
+    ]
+    for variant in FLOWMC_VARIANTS:
+        f = b.flowmc_settings(variant)
+        tempering = (f"; before each loop, {f['n_local_steps']} MALA steps at each of"
+                     f" {f['n_temperatures']} temperatures (1 to {f['max_temperature']:g}) and"
+                     " swaps") if "n_temperatures" in f else ""
+        rows.append((
+            METHOD_LABELS[variant], f["n_chains"],
+            f"{f['n_training_loops']} training loops of {f['n_local_steps']} MALA +"
+            f" {f['n_global_steps']} flow steps{tempering}",
+            f"{f['n_production_loops'] * (f['n_local_steps'] + f['n_global_steps'])} steps"
+            f" ({f['n_production_loops']} loops)",
+            f"{flowmc_adam_steps(f)} Adam steps (batch {f['batch_size']} of"
+            f" {f['n_max_examples']} examples, lr {f['learning_rate']:g})"))
+    rows.append(("NeuTra", N_CHAINS, f"{b.neutra_svi_steps} SVI steps, then {b.warmup} NUTS"
+                 " steps", f"{b.draws}", f"{b.neutra_svi_steps} Adam steps (1 ELBO particle,"
+                 f" lr {b.neutra_learning_rate:g})"))
+    return ["| method | chains | warm-up | production draws per chain | flow training |",
+            "| --- | --- | --- | --- | --- |",
+            *(f"| {m} | {c} | {w} | {d} | {f} |" for m, c, w, d, f in rows)]
+
+
+FLOWMC_SOURCE = "flowMC `docs/tutorials/dualmoon.ipynb` (GW-JAX-Team/flowMC@2416b11)"
+NEUTRA_SOURCE = "NumPyro `examples/neutra.py` (pyro-ppl/numpyro@e708f34)"
+
+
+def peer_settings(budget: Budget) -> list[tuple]:
+    """(peer, setting, used here, the peer's documentation, source) rows."""
+    f = budget.flowmc
+    long = budget.flowmc_settings("flowmc-long")
+    pt = budget.flowmc_settings("flowmc-pt")
+    return [
+        ("flowMC", "chains", f["n_chains"], 20, FLOWMC_SOURCE),
+        ("flowMC", "local (MALA) / global steps per loop",
+         f"{f['n_local_steps']} / {f['n_global_steps']}", "100 / 10", FLOWMC_SOURCE),
+        ("flowMC", "training / production loops",
+         f"{f['n_training_loops']} / {f['n_production_loops']}", "20 / 20", FLOWMC_SOURCE),
+        ("flowMC", "epochs per loop, batch size, examples per loop",
+         f"{f['n_epochs']}, {f['batch_size']}, {f['n_max_examples']} (3000-step rows:"
+         f" {long['n_epochs']}, {long['batch_size']}, {long['n_max_examples']})",
+         "5, 5000, 5000", FLOWMC_SOURCE),
+        ("flowMC", "flow training (Adam steps, lr)",
+         f"{flowmc_adam_steps(f)} at {f['learning_rate']:g} (3000-step rows:"
+         f" {flowmc_adam_steps(long)})", "100 at 0.005", FLOWMC_SOURCE),
+        ("flowMC", "MALA step size", "0.1, adapted during training (0.6.4's default: to"
+         " acceptance 0.574, then per dimension)", "0.1 (adaptation came later)",
+         "flowMC 0.6.4 `RQSpline_MALA_Bundle` defaults"),
+        ("flowMC", "flow (RQSpline)", "4 layers, hidden (32, 32), 8 bins; history window 100",
+         "the same", FLOWMC_SOURCE),
+        ("flowMC", "start points", "the shared points (and 4 more drawn alike)",
+         "standard normal", FLOWMC_SOURCE),
+        ("flowMC + tempering", "temperatures, tempered MALA steps",
+         f"{pt['n_temperatures']} up to {pt['max_temperature']:g}, {pt['n_local_steps']}",
+         "5 up to 20, 3 (with 2 local steps)",
+         "flowMC `docs/tutorials/parallel_tempering.ipynb` (GW-JAX-Team/flowMC@2416b11)"),
+        ("NeuTra", "guide", "`AutoBNAFNormal(hidden_factors=[8, 8])`, 1 flow", "the same",
+         NEUTRA_SOURCE),
+        ("NeuTra", "SVI", f"{budget.neutra_svi_steps} steps, Adam"
+         f" {budget.neutra_learning_rate:g}, `Trace_ELBO()`", "10000 steps, Adam 0.003,"
+         " `Trace_ELBO()`", NEUTRA_SOURCE),
+        ("NeuTra", "NUTS warm-up / draws, chains", f"{budget.warmup} / {budget.draws},"
+         f" {N_CHAINS}", "1000 / 4000, 1", NEUTRA_SOURCE),
+        ("NeuTra", "start points", "the shared points, mapped into the guide's latent space"
+         " (Newton's method on its flow)", "uniform in (-2, 2) in the latent space",
+         NEUTRA_SOURCE),
+        ("NUTS", "settings", "NumPyro's defaults (target acceptance 0.8, tree depth 10,"
+         " diagonal mass matrix)", "the same", "NumPyro 0.22 `NUTS`"),
+    ]
+
+
+def peer_table(budget: Budget) -> list[str]:
+    lines = ["| peer | setting | used here | the peer's documentation | source |",
+             "| --- | --- | --- | --- | --- |"]
+    for peer, setting, used, recommended, source in peer_settings(budget):
+        lines.append(f"| {peer} | {setting} | {used} | {recommended} | {source} |")
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------
+# the run
+# ------------------------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} cores, Python {sys.version.split()[0]},"
+            f" jax {jax.__version__}, {jax.device_count()} CPU device(s)")
+
+
+def run_row(store: dict, run_id: str, seed: int, t_index: int, name: str, method: str,
+            budget: Budget) -> dict | None:
+    """Run one method on one target with one seed; the row, also appended to `store`."""
+    target = TARGETS[name]()
+    key = jax.random.fold_in(jax.random.key(seed), t_index)
+    x0 = target.init(jax.random.fold_in(key, 0), N_CHAINS)
+    m_index = list(METHODS).index(method)
+    load_start = os.getloadavg()[0]
+    tic = time.perf_counter()
+    try:
+        samples, evals, extra = METHODS[method](jax.random.fold_in(key, m_index + 1), target,
+                                                x0, budget)
+    except Exception as error:  # noqa: BLE001 - a failed method is a result too
+        print(f"| {name} | {method} | seed {seed} | failed: {type(error).__name__}: {error} |",
+              flush=True)
+        return None
+    seconds = time.perf_counter() - tic
+    result = score(target, samples, evals, seconds) | extra
+    row = {"run": run_id, "seed": seed, "target": name, "method": method,
+           "fields": table_fields(result), "load": [load_start, os.getloadavg()[0]],
+           "finished": time.strftime("%Y-%m-%d %H:%M"),
+           "extra": {k: v for k, v in extra.items() if k not in ("global acc", "flow steps")}}
+    store["rows"].append(row)
+    f = row["fields"]
+    print(f"| {name} | {method} | seed {seed} | weights {fmt(f['weight_error'])} |"
+          f" ESS {f['ess']:.0f} | ESS/1000 evals {fmt(f['ess_per_1000_evals'])} |"
+          f" {seconds:.0f} s | load {row['load'][0]:.2f}->{row['load'][1]:.2f} |"
+          f" {json.dumps(row['extra'], default=str)}", flush=True)
+    return row
+
+
+def fmt(value, spec=".3f"):
+    return "n/a" if value is None else format(value, spec)
+
+
+def run_all(store: dict, run: dict, budget: Budget, write) -> None:
+    """Every (seed, target, method) row of `run` not yet in `store`: seeds outermost, and each
+    target's methods in an order rotated by seed and target, so load hits every method alike."""
+    for seed in run["seeds"]:
+        for name in run["targets"]:
+            t_index = list(TARGETS).index(name)
+            methods = run["methods"]
+            shift = (seed + t_index) % len(methods)
+            for method in methods[shift:] + methods[:shift]:
+                if is_done(store, run["id"], seed, name, method):
+                    continue
+                if run_row(store, run["id"], seed, t_index, name, method, budget) is not None:
+                    write(store)
+
+
+def render(store: dict, budget: Budget, allow_mixed: bool = False) -> list[str]:
+    """The mcmc region's lines (header, budget and peer-settings tables, the table)."""
+    stats = aggregate(store["rows"], allow_mixed)
+    runs = [store["runs"][r] for r in sorted({row["run"] for row in store["rows"]})]
+    loads = [x for row in store["rows"] for x in row["load"]]
+    commands = "; ".join(
+        f"`{r['command']}` (run {r['id']}, started {r['started']}"
+        + (f", resumed {', '.join(r['resumed'])}" if r["resumed"] else "") + ")" for r in runs)
+    seeds = sorted({row["seed"] for row in store["rows"]})
+    targets = [t for t in TARGETS if any((t, m) in stats for m in METHODS)]
+    return [
+        f"Command: {commands}. Machine: {runs[-1]['machine']}. Every row below comes from this"
+        f" {'run' if len(runs) == 1 else 'set of runs'}: seeds {', '.join(map(str, seeds))},"
+        " seeds outermost and each target's methods in a rotating order, so machine load falls"
+        " on every method alike. Cells are the mean ± standard deviation over the seeds (each"
+        " seed draws new start points, shared by every method, and new keys). 1-minute load"
+        f" average at the rows' starts and ends: {min(loads):.2f} to {max(loads):.2f}"
+        " (per row in `docs/figures/mcmc/results.json`). ESS per 1000 target evaluations does"
+        " not depend on load; wall-clock and ESS / s do (compilation included). float32."
+        " Targets, methods and columns: the docstring of `benchmarks/mcmc.py`.",
+        "",
+        "Budgets:",
+        "",
+        *budget_table(budget),
+        "",
+        "Peer settings (flowMC 0.6.4, NumPyro's NUTS and NeuTra):",
+        "",
+        *peer_table(budget),
+        "",
+        *table(stats, targets),
+    ]
+
+
+def write_region(out: Path, lines: list[str]) -> None:
+    write_docs_region(out, START, END, lines)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -486,108 +850,71 @@ def phi4_reference(key, n_chains=16, n_warmup=1000, n_draws=20_000):
 # ------------------------------------------------------------------------------------------------
 
 
-def write_region(out: Path, header_lines: list[str]):
-    """The table of every stored row, under `header_lines`, into `out`'s mcmc region."""
-    text = out.read_text() if out.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        old = text[text.index(START) : text.index(END)]
-        # stored rows come from several runs: name every command that produced the table
-        old_commands = re.findall(r"`([^`]*benchmarks/mcmc.py[^`]*)`", old.split("\n\n")[0])
-        new_commands = re.findall(r"`([^`]*benchmarks/mcmc.py[^`]*)`", header_lines[0])
-        commands = list(dict.fromkeys(old_commands + new_commands))
-        first = header_lines[0]
-        rest = first[first.index("Machine:"):]
-        header_lines = [
-            "Commands (rows from each run): " + ", ".join(f"`{c}`" for c in commands) + ". " + rest,
-            *header_lines[1:],
-        ]
-    stored = read_store()
-    table = [row(target, method, stored[target][method])
-             for target in [*TARGETS, *(t for t in stored if t not in TARGETS)] if target in stored
-             for method in METHOD_LABELS if method in stored[target]]
-    region = "\n".join(
-        [START, *header_lines, "", HEADER, "| " + " | ".join(["---"] * 10) + " |", *table, END]
-    )
-    if START in text and END in text:
-        text = text[: text.index(START)] + region + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n## MCMC: SIFlow boosting against NUTS, flowMC, NeuTra\n\n" \
-            + region + "\n"
-    write_text(out, text)
+def parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small budgets; writes nothing")
+    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (3 or more)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the stored run (same settings), skipping its done rows")
+    parser.add_argument("--allow-mixed-runs", action="store_true",
+                        help="keep the rows of earlier runs and render them with this run's")
+    parser.add_argument("--render-only", action="store_true",
+                        help="render the stored rows into docs/benchmarks.md and exit")
+    parser.add_argument("--no-write", action="store_true", help="do not touch docs or the store")
+    parser.add_argument("--phi4-reference", action="store_true",
+                        help="compute the phi^4 second-moment reference and exit")
+    args = parser.parse_args(argv)
+    for option, known in (("targets", TARGETS), ("methods", METHODS)):
+        for name in getattr(args, option).split(","):
+            if name not in known:
+                parser.error(f"unknown {option[:-1]} {name!r}; choose from {', '.join(known)}")
+    return args
 
 
-def header_lines(args, budget: Budget) -> list[str]:
-    command = "`.venv/bin/python benchmarks/mcmc.py" + (" --quick" if args.quick else "") + \
-        (f" --targets {args.targets}" if args.targets != ",".join(TARGETS) else "") + \
-        (f" --methods {args.methods}" if args.methods != ",".join(METHODS) else "") + "`"
-    return [
-        f"Command: {command}. Machine: {platform.machine()}, {platform.processor() or 'cpu'},"
-        f" Python {sys.version.split()[0]}, jax {jax.__version__}, {jax.device_count()} CPU"
-        " device(s); the 2 cores were shared with other jobs, so wall-clock and ESS/s are"
-        " indicative and ESS per 1000 target evaluations is the noise-free figure.",
-        f"{N_CHAINS} chains per method, {budget.draws} production draws per chain, float32;"
-        " all methods start from the same points, spread over the modes. Targets, methods and"
-        " columns are defined in the docstring of `benchmarks/mcmc.py`.",
-    ]
+def command_line(args) -> str:
+    return ".venv/bin/python benchmarks/mcmc.py" + (" --quick" if args.quick else "") + (
+        f" --targets {args.targets}" if args.targets != ",".join(TARGETS) else "") + (
+        f" --methods {args.methods}" if args.methods != ",".join(METHODS) else "") + (
+        f" --seeds {args.seeds}" if args.seeds != "0,1,2" else "")
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small budgets (smoke run)")
-    parser.add_argument("--targets", default=",".join(TARGETS))
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--no-write", action="store_true", help="do not touch docs/benchmarks.md")
-    parser.add_argument("--json", type=Path, help="also dump the raw results here")
-    parser.add_argument("--phi4-reference", action="store_true",
-                        help="compute the phi^4 second-moment reference and exit")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-
+    args = parse(argv)
     if args.phi4_reference:
         tic = time.perf_counter()
         mean, se, ess = phi4_reference(jax.random.key(2024))
         print(f"E[mean phi^2] = {mean:.6f} +- {se:.6f} (ESS {ess:.0f},"
               f" {time.perf_counter() - tic:.0f} s)")
         return
-
-    targets = args.targets.split(",")
-    methods = args.methods.split(",")
-    for name in targets:
-        if name not in TARGETS:
-            parser.error(f"unknown target {name!r}; choose from {', '.join(TARGETS)}")
-    for name in methods:
-        if name not in METHODS:
-            parser.error(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     budget = QUICK if args.quick else FULL
+    writes = not (args.quick or args.no_write)
+    store = read_store() if writes else {"schema": 2, "runs": {}, "rows": []}
 
-    raw = {}
-    print(HEADER, flush=True)
-    for t_index, name in enumerate(targets):
-        target = TARGETS[name]()
-        key = jax.random.fold_in(jax.random.key(args.seed), t_index)
-        x0 = target.init(jax.random.fold_in(key, 0), N_CHAINS)
-        for m_index, method in enumerate(methods):
-            tic = time.perf_counter()
-            try:
-                samples, evals, extra = METHODS[method](jax.random.fold_in(key, m_index + 1),
-                                                        target, x0, budget)
-            except Exception as error:  # a failed method is a result too
-                print(f"| {name} | {method} | failed: {type(error).__name__}: {error} |",
-                      flush=True)
-                raw[f"{name}/{method}"] = {"error": repr(error)}
-                continue
-            seconds = time.perf_counter() - tic
-            result = score(target, samples, evals, seconds) | extra
-            raw[f"{name}/{method}"] = result
-            print(row(name, method, table_fields(result)), flush=True)
-            if extra.get("timing"):
-                print(f"    {name}/{method}: {json.dumps(extra)}", flush=True)
-            if not args.no_write:  # after every row, so an interrupted run keeps what it measured
-                store_row(name, method, table_fields(result))
-                write_region(DEFAULT_OUT, header_lines(args, budget))
+    def write(store):
+        if writes:
+            save_store(store)
+            write_region(DEFAULT_OUT, render(store, budget, args.allow_mixed_runs))
 
-    if args.json:
-        write_json(args.json, raw, default=str)
+    if args.render_only:
+        write(store)
+        return
+    if args.resume:
+        if not store["runs"]:
+            raise SystemExit("--resume: no stored run to continue")
+        run = store["runs"][max(store["runs"])]
+        if run["budget"] != dataclasses.asdict(budget):
+            raise SystemExit("--resume: the stored run used other settings; start a new run")
+        run["resumed"].append(time.strftime("%Y-%m-%d %H:%M"))
+    else:
+        seeds = [int(s) for s in args.seeds.split(",")]
+        run = new_run(command_line(args), budget, seeds, args.targets.split(","),
+                      args.methods.split(","))
+        if not args.allow_mixed_runs:
+            store = {"schema": 2, "runs": {}, "rows": []}
+        store["runs"][run["id"]] = run
+    run_all(store, run, budget, write)
 
 
 if __name__ == "__main__":
