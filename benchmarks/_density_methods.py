@@ -287,19 +287,20 @@ def make_flowjax(kind: str, key, dim: int, nn_width: int = 50, flow_layers: int 
 
 
 _FLOWJAX_LOSS = None
-_FLOWJAX_OPTIMIZER = None
+_FLOWJAX_OPTIMIZERS: dict[float, optax.GradientTransformation] = {}
 
 
-def _flowjax_fit_objects():
-    # One loss and one optimiser object for every call, so flowjax's jitted step compiles once
-    # per model shape (its cache is keyed on these static arguments).
-    global _FLOWJAX_LOSS, _FLOWJAX_OPTIMIZER
+def _flowjax_fit_objects(learning_rate: float = 5e-4):
+    # One loss and one optimiser object per learning rate for every call, so flowjax's jitted
+    # step compiles once per model shape (its cache is keyed on these static arguments).
+    global _FLOWJAX_LOSS
     if _FLOWJAX_LOSS is None:
         from flowjax.train.losses import MaximumLikelihoodLoss
 
         _FLOWJAX_LOSS = MaximumLikelihoodLoss()
-        _FLOWJAX_OPTIMIZER = optax.adam(5e-4)  # fit_to_data's default optimiser
-    return _FLOWJAX_LOSS, _FLOWJAX_OPTIMIZER
+    if learning_rate not in _FLOWJAX_OPTIMIZERS:  # 5e-4: fit_to_data's default optimiser
+        _FLOWJAX_OPTIMIZERS[learning_rate] = optax.adam(learning_rate)
+    return _FLOWJAX_LOSS, _FLOWJAX_OPTIMIZERS[learning_rate]
 
 
 def flowjax_patience(n_train: int, epochs: int, batch_size: int = BATCH_SIZE) -> int:
@@ -317,12 +318,14 @@ def flowjax_log_prob(flow, x):
     return flow.log_prob(x)
 
 
-def fit_flowjax(key, flow, data, *, epochs: int, patience: int, batch_size: int = BATCH_SIZE):
-    """flowjax `fit_to_data` (Adam 5e-4, maximum likelihood), timed: (trained flow, epochs run,
-    wall seconds, CPU seconds). The benchmarks' one call of `fit_to_data`."""
+def fit_flowjax(key, flow, data, *, epochs: int, patience: int, batch_size: int = BATCH_SIZE,
+                learning_rate: float = 5e-4):
+    """flowjax `fit_to_data` (Adam at `learning_rate`, 5e-4 by default as fit_to_data's,
+    maximum likelihood), timed: (trained flow, epochs run, wall seconds, CPU seconds). The
+    benchmarks' one call of `fit_to_data`."""
     from flowjax.train import fit_to_data
 
-    loss_fn, optimizer = _flowjax_fit_objects()
+    loss_fn, optimizer = _flowjax_fit_objects(learning_rate)
     (flow, losses), wall, cpu = _timed(
         fit_to_data, key, flow, data, loss_fn=loss_fn, optimizer=optimizer, max_epochs=epochs,
         batch_size=batch_size, max_patience=patience, show_progress=False,
@@ -331,9 +334,11 @@ def fit_flowjax(key, flow, data, *, epochs: int, patience: int, batch_size: int 
 
 
 def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, method=None,
-                  patience_fraction: float | None = None, batch_size: int = BATCH_SIZE):
+                  patience_fraction: float | None = None, batch_size: int = BATCH_SIZE,
+                  learning_rate: float = 5e-4, patience_epochs: int | None = None):
     """flowjax `fit_to_data` for `budget` seconds, patience by `flowjax_patience`;
-    `patience_fraction` sets the patience to that fraction of the planned epochs instead."""
+    `patience_fraction` sets the patience to that fraction of the planned epochs instead, and
+    `patience_epochs` to that many epochs."""
     method = method or f"flowjax_{kind}"
     key_init, key_fit = jax.random.split(key)
     dim = train.shape[1]
@@ -343,13 +348,16 @@ def train_flowjax(key, train, budget, *, kind: str, nn_width: int = 50, method=N
     cache_key = (method, nn_width, dim, batch_size, patience_fraction)
 
     def patience_for(epochs):
+        if patience_epochs is not None:
+            return patience_epochs
         if patience_fraction is not None:
             return max(math.ceil(patience_fraction * epochs), 1)
         return flowjax_patience(train.shape[0], epochs, batch_size)
 
     def fit(epochs):
         return fit_flowjax(key_fit, make_flowjax(kind, key_init, dim, nn_width), data,
-                           epochs=epochs, patience=patience_for(epochs), batch_size=batch_size)
+                           epochs=epochs, patience=patience_for(epochs), batch_size=batch_size,
+                           learning_rate=learning_rate)
 
     def run(steps):
         _, epochs_run, wall, cpu = fit(max(math.ceil(steps / steps_per_epoch), 1))
@@ -499,6 +507,10 @@ def tuned_options(dim: int) -> dict:
 
 
 FLOWJAX_KINDS = {"flowjax_coupling": "coupling", "flowjax_maf": "maf"}
+# flowjax's documented density-estimation settings (docs/examples/unconditional.ipynb,
+# danielward27/flowjax@cabcb42: a masked autoregressive RQS flow, Adam 1e-3, and fit_to_data's
+# defaults otherwise: batches of 100, patience 5 epochs), within the same CPU budget
+FLOWJAX_DOCS = dict(learning_rate=1e-3, batch_size=100, patience_epochs=5)
 
 # method id -> trainer (key, train, budget seconds) -> Trained; the order is the tables' order
 METHODS: dict[str, Callable] = {
@@ -508,5 +520,7 @@ METHODS: dict[str, Callable] = {
     "flowjax_coupling": lambda key, train, budget: train_flowjax(
         key, train, budget, kind="coupling"),
     "flowjax_maf": lambda key, train, budget: train_flowjax(key, train, budget, kind="maf"),
+    "flowjax_maf_docs": lambda key, train, budget: train_flowjax(
+        key, train, budget, kind="maf", method="flowjax_maf_docs", **FLOWJAX_DOCS),
     "bnaf": lambda key, train, budget: train_bnaf(key, train, budget),
 }

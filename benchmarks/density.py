@@ -41,6 +41,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 
 # One XLA thread per process (set before jax is imported): on shared cores a multi-threaded
@@ -69,6 +70,7 @@ from _density_store import (  # noqa: E402
     load_all,
     merge_configs,
     merge_curve,
+    read_results,
     save_heldout,
     save_samples,
     write_results,
@@ -138,6 +140,7 @@ def measure_methods(data: Dataset, methods: list[str], budget: float, args, comm
         trained = METHODS[method](key, data.train, budget)
         row, drawn, values = evaluate(trained, data, jax.random.key(args.seed + 2))
         row["command"] = command
+        row["run"] = args.run_id
         rows[method] = row
         heldout[method] = values
         if drawn is not None:
@@ -243,6 +246,12 @@ def measure_throughput(loaded: dict, command: str, results: dict) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 
 
+def done_in_run(stored: dict, name: str, args) -> bool:
+    """Whether every method of `args.methods` has a stored row of this run on data set `name`."""
+    rows = stored["datasets"].get(name, {}).get("methods", {})
+    return all(rows.get(m, {}).get("run") == args.run_id for m in args.methods)
+
+
 def _ids(text: str, sep: str = ",") -> list[str]:
     return [part.strip() for part in text.split(sep) if part.strip()]
 
@@ -289,15 +298,21 @@ def parse_args(argv=None):
                         " every docs/figures/density/results*.json, so runs on disjoint data"
                         " sets can go side by side (e.g. --results .../results-highd.json)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=1,
+    parser.add_argument("--seeds", type=int, default=3,
                         help="train each of --seed-methods with this many training keys (the"
                         " first is the main table's fit; the others add their held-out NLLs,"
                         " and the goal verdicts compare means over keys)")
-    parser.add_argument("--seed-methods", default="numpyro_si,flowjax_coupling,flowjax_maf",
+    parser.add_argument("--seed-methods", default=",".join(METHODS),
                         help="method ids that --seeds applies to (comma-separated)")
     parser.add_argument("--solver-only", action="store_true",
                         help="fit numpyro_si's defaults to redo the solver table only: the main"
                         " table's rows and figures are left as stored")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the stored run (the store's run id): data sets whose"
+                        " rows all come from it are skipped")
+    parser.add_argument("--allow-mixed-runs", action="store_true",
+                        help="render the main table even if its rows come from several runs"
+                        " (each run is named in the header); without it that is refused")
     parser.add_argument("--no-throughput", action="store_true",
                         help="skip the training-throughput table (solver table still runs)")
     args = parser.parse_args(argv)
@@ -329,9 +344,15 @@ def main(argv=None):
     command = "python benchmarks/density.py" + (" " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "")
 
     store = args.results
+    stored = read_results(store)
+    args.run_id = time.strftime("%Y%m%dT%H%M%S")
+    if args.resume:
+        if "run" not in stored.get("meta", {}):
+            raise SystemExit(f"--resume: {store} holds no run to continue")
+        args.run_id = stored["meta"]["run"]
     results = {"datasets": {}, "solver": {}, "throughput": {}}
     results["meta"] = {
-        "machine": machine_description(), "commands": [command],
+        "run": args.run_id, "machine": machine_description(), "commands": [command],
         "budgets": ", ".join(f"{k} {v:.0f}" for k, v in budgets.items()),
         "clock": args.clock, "quick": args.quick, "code": code_version(),
     }
@@ -339,7 +360,7 @@ def main(argv=None):
     loaded = {}
     for name in args.datasets:
         data = loaded[name] = load_dataset(name, quick=args.quick, seed=args.seed)
-        if not args.methods:
+        if not args.methods or (args.resume and done_in_run(stored, name, args)):
             continue
         measure_dataset(name, data, budgets[data.group], args, command, results)
         if not args.quick:
@@ -356,9 +377,9 @@ def main(argv=None):
     if not args.quick:
         write_results(store, results, datasets=[], solver=[], throughput=measured)
         results = load_all()
-    print("\n" + density_report.render(results))
+    print("\n" + density_report.render(results, allow_mixed=args.allow_mixed_runs))
     if not args.no_docs:
-        density_report.write_docs(results)
+        density_report.write_docs(results, allow_mixed=args.allow_mixed_runs)
         print(f"\nwrote {density_report.DOCS.relative_to(ROOT)}")
 
 

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/density_report.py           # re-render the section in place
     .venv/bin/python benchmarks/density_report.py --check   # exit 1 if the page is out of date
+    .venv/bin/python benchmarks/density_report.py --allow-mixed-runs  # rows of several runs
 
 `benchmarks/density.py` measures and stores results keyed by stable ids (`_density_store`);
 this module owns everything shown: the display labels of the ids, the tables (format functions
@@ -36,6 +37,7 @@ METHOD_LABELS = {
     "numpyro_si_tuned": "numpyro_si tuned",
     "flowjax_coupling": "flowjax coupling",
     "flowjax_maf": "flowjax MAF",
+    "flowjax_maf_docs": "flowjax MAF, its docs' settings",
     "bnaf": "numpyro BNAF",
     # measured in the budget curve only: `fit` with width=64, depth=8 (fit's defaults otherwise)
     "numpyro_si_w64d8": "numpyro_si, width 64, depth 8",
@@ -70,7 +72,7 @@ CONFIG_LABELS = {
     "lin_lr2e-3_w256d3": "linear, lr 2e-3, width 256",
 }
 GOAL_METHODS = ("numpyro_si", "numpyro_si_tuned")  # compared with the best goal reference
-GOAL_REFERENCES = ("flowjax_coupling", "flowjax_maf")
+GOAL_REFERENCES = ("flowjax_coupling", "flowjax_maf", "flowjax_maf_docs")
 DEFAULT_VARIANT, CHECKED_VARIANT = "tsit5_tol1e-5", "tsit5_checked"
 REFERENCE_CONFIG = "lin_lr5e-3_w128d3"  # configuration rows are compared with this one
 
@@ -564,11 +566,74 @@ def defaults_section(results: dict, text: dict) -> list[str]:
             .split("\n")]
 
 
-def render(results: dict, templates: Path = TEMPLATES) -> str:
+class MixedRunsError(RuntimeError):
+    """The main table's rows come from more than one run."""
+
+
+def runs_of(results: dict) -> dict[str, list[str]]:
+    """The runs behind the main table's rows: run id (or, for rows stored before runs had ids,
+    the command) -> the data sets with a row from it."""
+    runs: dict[str, list[str]] = {}
+    for name, entry in results["datasets"].items():
+        for row in entry["methods"].values():
+            run = row.get("run") or row.get("command", "?")
+            if name not in runs.setdefault(run, []):
+                runs[run].append(name)
+    return runs
+
+
+def check_one_run(results: dict, allow_mixed: bool) -> list[str]:
+    """Refuses (`MixedRunsError`) a main table whose rows come from several runs unless
+    `allow_mixed`; then returns a header line naming them."""
+    runs = runs_of(results)
+    if len(runs) <= 1:
+        return []
+    if not allow_mixed:
+        raise MixedRunsError(
+            f"the main table's rows come from {len(runs)} runs; a table's rows must come from"
+            " one run. Re-run every data set in one invocation (`--resume` continues an"
+            " interrupted one) or render with --allow-mixed-runs."
+        )
+    return ["", f"The main table's rows come from {len(runs)} runs (rendered with"
+            " `--allow-mixed-runs`): " + "; ".join(
+                f"`{run}` ({', '.join(names)})" for run, names in runs.items()) + "."]
+
+
+FLOWJAX_SOURCE = "flowjax `docs/examples/unconditional.ipynb` (danielward27/flowjax@cabcb42)"
+
+
+def peer_settings() -> list[str]:
+    """flowjax's and the BNAF's settings here against their documentation's."""
+    rows = [
+        ("flowjax", "flows", "coupling and masked autoregressive, 8 layers, MLP width 50 depth"
+         " 1, `RationalQuadraticSpline(knots=8, interval=4)`", "masked autoregressive, the same"
+         " spline and defaults", FLOWJAX_SOURCE),
+        ("flowjax", "data", "whitened, the map folded into log_prob", "standardised",
+         FLOWJAX_SOURCE),
+        ("flowjax", "training (`fit_to_data`)", "the coupling and MAF rows: Adam 5e-4 (its"
+         " default), batches of 512 as every method, patience by `nsi.fit`'s rule (at least"
+         " 2000 steps); the docs' row: Adam 1e-3, batches of 100, patience 5 epochs; every row"
+         " within the same CPU budget", "Adam 1e-3, batches of 100, patience 5 epochs, at most"
+         " 100 epochs", FLOWJAX_SOURCE),
+        ("NumPyro BNAF", "flow, training", "`BlockNeuralAutoregressiveTransform`, 2 flows,"
+         " hidden factors (16, 16), Adam 1e-3, batches of 512", "`AutoBNAFNormal`: 1 flow,"
+         " hidden factors (8, 8), Adam 3e-3 (as a variational guide)",
+         "NumPyro `examples/neutra.py` (pyro-ppl/numpyro@e708f34)"),
+    ]
+    return ["Peer settings, against their documentation's:", "",
+            "| peer | setting | used here | the peer's documentation | source |",
+            "| --- | --- | --- | --- | --- |",
+            *(f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows)]
+
+
+def render(results: dict, templates: Path = TEMPLATES, allow_mixed: bool = False) -> str:
     """The density section of docs/benchmarks.md (markers included) from `results`, as
-    `_density_store.load_all` returns them."""
+    `_density_store.load_all` returns them. Refuses a main table of several runs unless
+    `allow_mixed` (`check_one_run`)."""
     text = load_templates(templates)
-    lines = [START, *header(results, text), "", *main_table(results), "",
+    mixed = check_one_run(results, allow_mixed)
+    lines = [START, *header(results, text), *mixed, "", *peer_settings(), "",
+             *main_table(results), "",
              *reference_values(results), "", *text["goals"].split("\n"), "",
              *goal_table(results), "", *goal_summary(results)]
     if results.get("analysis"):  # docs/figures/density/analysis.md
@@ -587,9 +652,9 @@ def replace_region(page: str, section: str) -> str:
     return page.rstrip("\n") + "\n\n" + section + "\n"
 
 
-def write_docs(results: dict, path: Path = DOCS) -> None:
+def write_docs(results: dict, path: Path = DOCS, allow_mixed: bool = False) -> None:
     page = path.read_text() if path.exists() else "# Benchmarks\n"
-    write_text(path, replace_region(page, render(results)))
+    write_text(path, replace_region(page, render(results, allow_mixed=allow_mixed)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -637,9 +702,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if docs/benchmarks.md is not up to date")
+    parser.add_argument("--allow-mixed-runs", action="store_true",
+                        help="render a main table whose rows come from several runs, naming"
+                        " them (refused without it)")
     args = parser.parse_args(argv)
     page = DOCS.read_text()
-    rendered = replace_region(page, render(load_all()))
+    rendered = replace_region(page, render(load_all(), allow_mixed=args.allow_mixed_runs))
     if args.check:
         if rendered != page:
             raise SystemExit(f"{DOCS}: the density section is out of date with the stored"

@@ -257,11 +257,25 @@ def test_docs_are_the_stored_results_rendered_with_labels():
         assert set(entry["configs"]) <= set(report.CONFIG_LABELS)
     for entry in results["curves"].values():
         assert {r["method"] for r in entry["rows"]} <= set(report.METHOD_LABELS)
-    section = report.render(results)
+    section = report.render(results, allow_mixed=True)
     assert section in DOCS.read_text()
     tables = [line for line in section.splitlines() if line.startswith("|")]
     assert tables and not any(i in line for line in tables
                               for i in ("numpyro_si_tuned", "flowjax_maf", "tsit5_", "lin_lr"))
+
+
+def test_a_main_table_of_several_runs_is_refused_unless_allowed():
+    import density_report as report
+
+    def results(*runs):
+        rows = {m: {"run": r} for m, r in zip(("numpyro_si", "flowjax_maf"), runs, strict=True)}
+        return {"datasets": {"checkerboard": {"methods": rows}}}
+
+    assert report.check_one_run(results("a", "a"), allow_mixed=False) == []
+    with pytest.raises(report.MixedRunsError, match="2 runs"):
+        report.check_one_run(results("a", "b"), allow_mixed=False)
+    lines = report.check_one_run(results("a", "b"), allow_mixed=True)
+    assert "`a` (checkerboard)" in lines[-1] and "`b` (checkerboard)" in lines[-1]
 
 
 def test_atomic_writes_leave_the_previous_file_when_a_write_fails(tmp_path):
