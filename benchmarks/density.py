@@ -137,10 +137,12 @@ def measure_methods(data: Dataset, methods: list[str], budget: float, args, comm
     rows, samples, heldout, default_flow = {}, {}, {}, None
     for method in methods:
         key = jax.random.key(args.seed + 1)
+        load_start = os.getloadavg()[0]
         trained = METHODS[method](key, data.train, budget)
         row, drawn, values = evaluate(trained, data, jax.random.key(args.seed + 2))
         row["command"] = command
         row["run"] = args.run_id
+        row["load"] = [load_start, os.getloadavg()[0]]  # 1-minute load average, start and end
         rows[method] = row
         heldout[method] = values
         if drawn is not None:
