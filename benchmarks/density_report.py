@@ -632,6 +632,11 @@ def render(results: dict, templates: Path = TEMPLATES, allow_mixed: bool = False
     `allow_mixed` (`check_one_run`)."""
     text = load_templates(templates)
     mixed = check_one_run(results, allow_mixed)
+    loads = [x for e in results["datasets"].values() for r in e["methods"].values()
+             for x in r.get("load", [])]
+    if loads:
+        mixed += ["", f"1-minute load average at the rows' starts and ends: {min(loads):.2f} to"
+                  f" {max(loads):.2f} (per row in `docs/figures/density/results.json`)."]
     lines = [START, *header(results, text), *mixed, "", *peer_settings(), "",
              *main_table(results), "",
              *reference_values(results), "", *text["goals"].split("\n"), "",
