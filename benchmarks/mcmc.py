@@ -633,6 +633,82 @@ def table(stats: dict, targets: list[str]) -> list[str]:
     return lines
 
 
+# What counts as a right answer in the verdicts: the mode weights within this of the truth (mean
+# over the seeds) and the reported second moments within this relative error.
+WEIGHT_OK, M2_OK = 0.05, 0.10
+SI_METHODS = ("si-mala", "si-nuts")
+
+
+def _per_seed(store: dict) -> dict:
+    """{(target, method): {seed: fields}} of the stored rows."""
+    out: dict = {}
+    for row in store["rows"]:
+        out.setdefault((row["target"], row["method"]), {})[row["seed"]] = row["fields"]
+    return out
+
+
+def _mean(fields_by_seed: dict, name: str) -> float | None:
+    values = [f[name] for f in fields_by_seed.values() if f.get(name) is not None]
+    return float(np.mean(values)) if values else None
+
+
+def right(fields_by_seed: dict) -> bool:
+    """Whether a method's rows are within tolerance: weights (if multimodal), second moments."""
+    weights, m2 = _mean(fields_by_seed, "weight_error"), _mean(fields_by_seed, "m2_error")
+    return (weights is None or weights <= WEIGHT_OK) and m2 is not None and m2 <= M2_OK
+
+
+def ratio_text(a: dict, b: dict, name: str) -> str:
+    """Per seed the ratio a / b of field `name`; their median and range over the seeds."""
+    seeds = sorted(set(a) & set(b))
+    ratios = [a[s][name] / b[s][name] for s in seeds if b[s].get(name)]
+    if not ratios:
+        return "n/a"
+    text = f"{np.median(ratios):.1f}x"
+    return text + (f" ({min(ratios):.1f}-{max(ratios):.1f}x over {len(ratios)} seeds)"
+                   if len(ratios) > 1 else " (1 seed)")
+
+
+def verdict(target: str, per_seed: dict) -> str:
+    methods = [m for m in METHOD_LABELS if (target, m) in per_seed]
+    rows = {m: per_seed[target, m] for m in methods}
+    good = [m for m in methods if right(rows[m])]
+
+    def describe(m):
+        weights, m2 = _mean(rows[m], "weight_error"), _mean(rows[m], "m2_error")
+        parts = ([] if weights is None else [f"weights {weights:.3f}"]) + \
+            ([] if m2 is None else [f"2nd moments {m2:.3f}"])
+        return f"{METHOD_LABELS[m]} ({', '.join(parts)})"
+
+    line = f"- **{target}**: within tolerance: " + (
+        ", ".join(describe(m) for m in good) if good else "none") + "; outside: " + (
+        ", ".join(describe(m) for m in methods if m not in good) or "none") + "."
+    si = [m for m in good if m in SI_METHODS]
+    peers = [m for m in good if m not in SI_METHODS]
+    if si and peers:
+        best_si = max(si, key=lambda m: _mean(rows[m], "ess_per_1000_evals"))
+        best_peer = max(peers, key=lambda m: _mean(rows[m], "ess_per_1000_evals"))
+        line += (f" {METHOD_LABELS[best_si]} against {METHOD_LABELS[best_peer]}, the peer within"
+                 " tolerance with the most ESS per evaluation: ESS / 1000 evals"
+                 f" {ratio_text(rows[best_si], rows[best_peer], 'ess_per_1000_evals')},"
+                 f" ESS / s {ratio_text(rows[best_si], rows[best_peer], 'ess_per_s')}.")
+    return line
+
+
+def verdicts(store: dict, targets: list[str]) -> list[str]:
+    """One line per target, computed from the stored rows, so the words follow the numbers."""
+    per_seed = _per_seed(store)
+    return [
+        f"Verdicts, computed from the rows above. Within tolerance: mode weights within"
+        f" {WEIGHT_OK} of the truth (multimodal targets) and the reported second moments within"
+        f" {M2_OK:.0%} (means over the seeds); ratios are per seed, the SIFlow row's over the"
+        " peer's, as their median and range. An ESS of chains that missed a mode (or sit in"
+        " one) is not compared: it measures mixing within what the chains saw.",
+        "",
+        *(verdict(t, per_seed) for t in targets),
+    ]
+
+
 # ------------------------------------------------------------------------------------------------
 # peers' settings: what was used against what their documentation recommends
 # ------------------------------------------------------------------------------------------------
@@ -816,6 +892,8 @@ def render(store: dict, budget: Budget, allow_mixed: bool = False) -> list[str]:
         *peer_table(budget),
         "",
         *table(stats, targets),
+        "",
+        *verdicts(store, targets),
     ]
 
 

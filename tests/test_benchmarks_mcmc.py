@@ -98,3 +98,22 @@ def test_latent_start_inverts_a_nonlinear_map():
     x = jnp.stack([transform(z) for z in z_true])
     z, miss = mcmc.latent_start(transform, x)
     assert np.all(miss < 1e-4)
+
+
+def test_verdicts_compare_only_methods_within_tolerance():
+    rows = []
+    for seed, (si_ess, peer_ess) in enumerate([(100.0, 10.0), (120.0, 20.0), (90.0, 30.0)]):
+        rows.append(_row("r1", seed, method="si-mala", ess=si_ess))
+        rows.append(_row("r1", seed, method="flowmc", ess=peer_ess))
+        stuck = _row("r1", seed, method="nuts", ess=1000.0)
+        stuck["fields"]["weight_error"] = 0.3
+        rows.append(stuck)
+    for row in rows:
+        row["fields"]["m2_error"] = 0.05
+        if row["method"] != "nuts":
+            row["fields"]["weight_error"] = 0.01
+    line = mcmc.verdict("gmm2", mcmc._per_seed(_store(rows)))
+    within, outside = line.split("; outside: ")
+    assert "SIFlow + MALA" in within and "flowMC" in within and "NUTS (weights 0.300" in outside
+    # per seed 10x, 6x, 3x: the median and the range
+    assert "ESS / 1000 evals 6.0x (3.0-10.0x over 3 seeds)" in line
