@@ -288,6 +288,8 @@ class Budget:
     def flowmc_settings(self, variant: str) -> dict:
         settings = self.flowmc | FLOWMC_VARIANTS[variant]
         settings["n_max_examples"] = max(settings["n_max_examples"], settings["batch_size"])
+        if "n_temperatures" in settings:  # the bundle's default (-1) means this, with a warning
+            settings.setdefault("n_tempered_steps", settings["n_local_steps"])
         return settings
 
 
@@ -829,6 +831,9 @@ def run_row(store: dict, run_id: str, seed: int, t_index: int, name: str, method
               flush=True)
         return None
     seconds = time.perf_counter() - tic
+    # every row compiles afresh; a long run accumulates compiled code until LLVM cannot map
+    # more ("Cannot allocate memory"), so drop it between rows
+    jax.clear_caches()
     result = score(target, samples, evals, seconds) | extra
     row = {"run": run_id, "seed": seed, "target": name, "method": method,
            "fields": table_fields(result), "load": [load_start, os.getloadavg()[0]],
