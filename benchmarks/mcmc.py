@@ -510,11 +510,14 @@ def score(target: Target, samples: np.ndarray, evals: int, seconds: float) -> di
         return out | {"weight error": float("nan"), "m1 error": float("nan"),
                       "m2 error": float("nan"), "ess": 0.0}
     if target.modes is not None:
-        labels = np.asarray(target.modes(samples)).reshape(-1)
-        estimate = np.bincount(labels, minlength=len(target.weights)) / labels.size
+        labels = np.asarray(target.modes(samples))  # (chains, draws)
+        estimate = np.bincount(labels.reshape(-1), minlength=len(target.weights)) / labels.size
         out["weight error"] = float(np.max(np.abs(estimate - target.weights)))
+        # mode changes along each chain, averaged over chains: chains that never change mode
+        # keep the split they started with, right or wrong
+        out["mode switches"] = float(np.mean(np.sum(labels[:, 1:] != labels[:, :-1], axis=1)))
     else:
-        out["weight error"] = float("nan")
+        out["weight error"] = out["mode switches"] = float("nan")
     first = np.asarray(target.first(samples)).reshape(-1, len(target.first_truth))
     second = np.asarray(target.second(samples)).reshape(-1, len(target.second_truth))
     out["m1 error"] = float(np.max(np.abs(first.mean(0) - target.first_truth) / target.first_sd))
@@ -532,6 +535,7 @@ def table_fields(result) -> dict:
         "ess_per_1000_evals": 1000 * result["ess"] / result["evals"] if result["evals"] else None,
         "ess_per_s": result["ess"] / result["seconds"], "seconds": result["seconds"],
         "global_acc": result.get("global acc"), "flow_steps": result.get("flow steps"),
+        "mode_switches": result.get("mode switches"),
     }
     return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in fields.items()}
 
@@ -610,14 +614,14 @@ def cell(stat: tuple, spec: str) -> str:
 
 
 HEADER = (
-    "| target | method | seeds | mode-weight error | 1st-moment error (sd) |"
-    " 2nd-moment error (rel.) | min ESS (bulk) | target evals (k) | ESS / 1000 evals | ESS / s |"
-    " wall-clock (s) | global acc. |"
+    "| target | method | seeds | mode-weight error | mode switches per chain |"
+    " 1st-moment error (sd) | 2nd-moment error (rel.) | min ESS (bulk) | target evals (k) |"
+    " ESS / 1000 evals | ESS / s | wall-clock (s) | global acc. |"
 )
 
 
 def table(stats: dict, targets: list[str]) -> list[str]:
-    lines = [HEADER, "| " + " | ".join(["---"] * 12) + " |"]
+    lines = [HEADER, "| " + " | ".join(["---"] * 13) + " |"]
     for target in targets:
         for method in METHOD_LABELS:
             if (target, method) not in stats:
@@ -626,7 +630,8 @@ def table(stats: dict, targets: list[str]) -> list[str]:
             evals = s["evals"]
             lines.append(
                 f"| {target} | {METHOD_LABELS[method]} | {s['ess'][2]} |"
-                f" {cell(s['weight_error'], '.3f')} | {cell(s['m1_error'], '.3f')} |"
+                f" {cell(s['weight_error'], '.3f')} | {cell(s.get('mode_switches', (None,) * 3), '.1f')} |"
+                f" {cell(s['m1_error'], '.3f')} |"
                 f" {cell(s['m2_error'], '.3f')} | {cell(s['ess'], '.0f')} |"
                 f" {evals[0] / 1000:.0f} | {cell(s['ess_per_1000_evals'], '.2f')} |"
                 f" {cell(s['ess_per_s'], '.2f')} | {cell(s['seconds'], '.0f')} |"
@@ -637,7 +642,7 @@ def table(stats: dict, targets: list[str]) -> list[str]:
 
 # What counts as a right answer in the verdicts: the mode weights within this of the truth (mean
 # over the seeds) and the reported second moments within this relative error.
-WEIGHT_OK, M2_OK = 0.05, 0.10
+WEIGHT_OK, M2_OK, SWITCHES_OK = 0.05, 0.10, 1.0
 SI_METHODS = ("si-mala", "si-nuts")
 
 
@@ -655,9 +660,15 @@ def _mean(fields_by_seed: dict, name: str) -> float | None:
 
 
 def right(fields_by_seed: dict) -> bool:
-    """Whether a method's rows are within tolerance: weights (if multimodal), second moments."""
+    """Whether a method's rows are within tolerance: weights (if multimodal; and its chains
+    changed mode, at least `SWITCHES_OK` times per chain on average, since chains that never do
+    keep the split they started with), second moments."""
     weights, m2 = _mean(fields_by_seed, "weight_error"), _mean(fields_by_seed, "m2_error")
-    return (weights is None or weights <= WEIGHT_OK) and m2 is not None and m2 <= M2_OK
+    if weights is not None:
+        switches = _mean(fields_by_seed, "mode_switches")
+        if weights > WEIGHT_OK or switches is None or switches < SWITCHES_OK:
+            return False
+    return m2 is not None and m2 <= M2_OK
 
 
 def ratio_text(a: dict, b: dict, name: str) -> str:
@@ -678,7 +689,9 @@ def verdict(target: str, per_seed: dict) -> str:
 
     def describe(m):
         weights, m2 = _mean(rows[m], "weight_error"), _mean(rows[m], "m2_error")
+        switches = _mean(rows[m], "mode_switches")
         parts = ([] if weights is None else [f"weights {weights:.3f}"]) + \
+            ([] if switches is None else [f"{switches:.1f} mode switches per chain"]) + \
             ([] if m2 is None else [f"2nd moments {m2:.3f}"])
         return f"{METHOD_LABELS[m]} ({', '.join(parts)})"
 
@@ -702,8 +715,10 @@ def verdicts(store: dict, targets: list[str]) -> list[str]:
     per_seed = _per_seed(store)
     return [
         f"Verdicts, computed from the rows above. Within tolerance: mode weights within"
-        f" {WEIGHT_OK} of the truth (multimodal targets) and the reported second moments within"
-        f" {M2_OK:.0%} (means over the seeds); ratios are per seed, the SIFlow row's over the"
+        f" {WEIGHT_OK} of the truth with at least {SWITCHES_OK:g} mode switch per chain"
+        " (multimodal targets: chains that never switch keep their starting split, which can be"
+        f" right by chance) and the reported second moments within {M2_OK:.0%} (means over the"
+        " seeds); ratios are per seed, the SIFlow row's over the"
         " peer's, as their median and range. An ESS of chains that missed a mode (or sit in"
         " one) is not compared: it measures mixing within what the chains saw.",
         "",

@@ -15,7 +15,7 @@ import mcmc  # noqa: E402
 def _row(run, seed, target="gmm2", method="nuts", ess=100.0, load=(0.5, 1.5)):
     fields = {"weight_error": 0.01 * (seed + 1), "m1_error": 0.1, "m2_error": 0.2, "ess": ess,
               "evals": 20_000, "ess_per_1000_evals": ess / 20, "ess_per_s": ess / 10,
-              "seconds": 10.0, "global_acc": None, "flow_steps": 0}
+              "seconds": 10.0, "global_acc": None, "flow_steps": 0, "mode_switches": 5.0}
     return {"run": run, "seed": seed, "target": target, "method": method, "fields": fields,
             "load": list(load), "finished": "2026-01-01 00:00", "extra": {}}
 
@@ -51,7 +51,7 @@ def test_render_states_seeds_load_budgets_and_peer_sources():
     lines = mcmc.render(_store(rows), mcmc.QUICK)
     text = "\n".join(lines)
     assert "seeds 0, 1, 2" in lines[0] and "0.00 to 4.00" in lines[0]
-    assert "| gmm2 | NUTS | 3 | 0.020 ± 0.010 |" in text
+    assert "| gmm2 | NUTS | 3 | 0.020 ± 0.010 | 5.0 ± 0.0 |" in text
     for label in ("flowMC, its tutorial's settings", "flowMC, 3000 Adam steps", "NeuTra"):
         assert f"| {label} |" in text
     assert "GW-JAX-Team/flowMC@" in text and "pyro-ppl/numpyro@" in text
@@ -117,3 +117,21 @@ def test_verdicts_compare_only_methods_within_tolerance():
     assert "SIFlow + MALA" in within and "flowMC" in within and "NUTS (weights 0.300" in outside
     # per seed 10x, 6x, 3x: the median and the range
     assert "ESS / 1000 evals 6.0x (3.0-10.0x over 3 seeds)" in line
+
+
+def test_chains_that_never_switch_mode_are_not_credited_with_the_weights():
+    rows = [_row("r1", seed, method="si-mala") for seed in range(3)]
+    for row in rows:
+        row["fields"].update(weight_error=0.01, m2_error=0.05)
+    assert mcmc.right(mcmc._per_seed(_store(rows))["gmm2", "si-mala"])
+    for row in rows:
+        row["fields"]["mode_switches"] = 0.2
+    assert not mcmc.right(mcmc._per_seed(_store(rows))["gmm2", "si-mala"])
+
+
+def test_score_counts_mode_switches_per_chain():
+    target = mcmc.gmm_target(2)
+    samples = np.zeros((2, 4, 2))
+    samples[0] = [[-3, -3], [3, 3], [-3, -3], [-3, -3]]  # 2 switches
+    samples[1] = [[3, 3]] * 4  # none
+    assert mcmc.score(target, samples, 100, 1.0)["mode switches"] == 1.0
