@@ -34,7 +34,7 @@ over the sampling keys ± their standard deviation (the spread of one set of 4 0
 mean's standard error is that divided by sqrt(keys)). The floors are the same statistics for
 sets of exact draws, one per sampling key.
 
-Run: `.venv/bin/python benchmarks/sde.py` (about 50 minutes on 2 cores; `--quick` for a smoke
+Run: `.venv/bin/python benchmarks/sde.py` (about 15 minutes on 2 cores; `--quick` for a smoke
 run that writes nothing). The table goes to `docs/benchmarks.md` between `<!-- sde:start -->`
 and `<!-- sde:end -->`; nothing else in the file is touched.
 """
