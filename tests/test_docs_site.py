@@ -37,9 +37,30 @@ def test_every_public_name_has_a_reference_entry():
     assert not missing, f"public names with no `::: name` entry in docs/api/: {missing}"
 
 
+def _build(config_path: Path, site: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config_path),
+         "-d", str(site)],
+        capture_output=True, text=True, cwd=ROOT,
+        env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"},
+    )
+
+
+@pytest.mark.slow
+def test_the_site_builds_with_its_pages_code_run(tmp_path):
+    """`make docs`: every `exec="on"` block of the tutorials and getting-started runs (a failing
+    block fails the strict build) and its figures are in the pages."""
+    pytest.importorskip("markdown_exec", reason="the docs extra: pip install -e '.[docs]'")
+    result = _build(ROOT / "mkdocs.yml", tmp_path / "site")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for page in ("getting-started", "tutorials/posterior-as-prior"):
+        assert "data:image/png;base64" in (tmp_path / "site" / page / "index.html").read_text()
+
+
 def test_the_site_builds_with_no_warning(tmp_path):
     pytest.importorskip("mkdocs", reason="the docs extra: pip install -e '.[docs]'")
     import yaml
+
     config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
     config["plugins"] = [p for p in config["plugins"] if p != "markdown-exec"]
     config["docs_dir"] = str(ROOT / "docs")
@@ -49,11 +70,7 @@ def test_the_site_builds_with_no_warning(tmp_path):
         if isinstance(p, dict) and "mkdocstrings" in p else p for p in config["plugins"]]
     path = tmp_path / "mkdocs.yml"
     path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(path),
-         "-d", str(tmp_path / "site")],
-        capture_output=True, text=True, env={"NO_MKDOCS_2_WARNING": "1", "PATH": "/usr/bin:/bin"},
-    )
+    result = _build(path, tmp_path / "site")
     assert result.returncode == 0, result.stderr[-3000:]
     html = (tmp_path / "site" / "api" / "training" / "index.html").read_text()
     assert 'id="numpyro_si.fit"' in html
