@@ -347,6 +347,9 @@ def run_scenario(index, scenario, seed, settings) -> tuple[list[dict], dict]:
         prior = priors[prior_name]
         result = run_nuts(keys[4], model, prior, warmup, samples)
         cost = gradient_ms(model, prior, result["draws"])
+        # every run compiles afresh; a long run accumulates compiled code until LLVM cannot map
+        # more ("Cannot allocate memory"), so drop it between rows
+        jax.clear_caches()
         row = dict(scenario=scenario, method=method, seed=seed, swd=fidelity[prior_name],
                    ms=cost, gradients=result["gradients"], ess=result["ess"],
                    per_1000=1000 * result["ess"] / result["gradients"],
