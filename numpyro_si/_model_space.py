@@ -80,6 +80,9 @@ class ModelLogDensity:
     Call it on one flat point `u` of shape `(d,)`. `site_names` and `unravel` give the layout
     (sites in sorted order, each flattened in C order); `unconstrain` maps constrained draws
     (e.g. `mcmc.get_samples()`) to flat unconstrained points, `constrain` maps back.
+    `log_likelihood(u)` and `log_prior(u)` split it: the observed sites (and `numpyro.factor`
+    terms) and the rest, log-Jacobian included, so that `log_prior(u) + log_likelihood(u)` is
+    `self(u)`.
     """
 
     def __init__(self, model, model_args, model_kwargs, potential_fn, unravel, site_names, dim):
@@ -99,6 +102,36 @@ class ModelLogDensity:
                 f" shape ({self.dim},), got {u.shape}."
             )
         return -self.potential_fn(self.unravel(u))
+
+    def log_likelihood(self, u: Float[Array, " d"]) -> Float[Array, ""]:
+        """log p(observations | latents) at one flat point: the log densities of the model's
+        observed sample sites, `numpyro.factor` terms included, each scaled as in the joint."""
+        u = jnp.asarray(u)
+        params = constrain_fn(self.model, self.model_args, self.model_kwargs, self.unravel(u))
+        model = numpyro.handlers.substitute(numpyro.handlers.seed(self.model, 0), data=params)
+        trace = numpyro.handlers.trace(model).get_trace(*self.model_args, **self.model_kwargs)
+        total = jnp.zeros((), u.dtype)
+        for site in trace.values():
+            if site["type"] == "sample" and site["is_observed"]:
+                log_prob = site["fn"].log_prob(site["value"])
+                if site.get("scale") is not None:
+                    log_prob = site["scale"] * log_prob
+                total = total + jnp.sum(log_prob)
+        return total
+
+    def log_prior(self, u: Float[Array, " d"]) -> Float[Array, ""]:
+        """The log density of the latents without the observations (the prior in the
+        unconstrained space, log-Jacobian included): `self(u) - log_likelihood(u)`."""
+        return self(u) - self.log_likelihood(u)
+
+    def sample_prior(self, key, n: int) -> Float[Array, "n d"]:
+        """`n` flat unconstrained draws from the model's prior (`numpyro.infer.Predictive`)."""
+        from numpyro.infer import Predictive
+
+        draws = Predictive(self.model, num_samples=n, return_sites=list(self.site_names))(
+            key, *self.model_args, **self.model_kwargs
+        )
+        return self.unconstrain({name: draws[name] for name in self.site_names})
 
     def unconstrain(self, samples: dict[str, ArrayLike]) -> Float[Array, "n d"]:
         """Constrained draws `{site: (n, *site_shape)}` to flat unconstrained points `(n, d)`

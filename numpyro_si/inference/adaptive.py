@@ -86,7 +86,7 @@ from .independence import flow_log_density
 
 __all__ = [
     "AdaptiveResult", "run", "LocalKernel", "LOCAL_KERNELS", "ADAPTIVE_NETWORK",
-    "ADAPTIVE_LEARNING_RATE", "WhitenedVelocity", "whitened_flow",
+    "ADAPTIVE_LEARNING_RATE", "WhitenedVelocity", "whitened_flow", "Tempering",
 ]
 
 #: Local kernels `run` builds by name, with the acceptance rate dual averaging aims at.
@@ -114,7 +114,8 @@ class AdaptiveResult:
       those of its last round beyond `n_production`.
     - `timing`: wall-clock seconds: `"warmup_sampling"`, `"training"`, `"production"`, `"total"`
       (compilation included).
-    - `warmup`: per warm-up round, lists `"local_acceptance"`, `"global_acceptance"` (nan in the
+    - `warmup`: per warm-up round, lists `"beta"` (the round's temperature, 1 without
+      tempering), `"local_acceptance"`, `"global_acceptance"` (nan in the
       first, flow-less round), `"step_size"` (at the round's end), `"n_training_points"` and
       `"train_history"` (the `TrainHistory` of each round's `numpyro_si.train`).
     - `log_q_solver_error`: max |log q(x) at `flow_tol` - log q(x) at `flow_tol / 100`| over up to
@@ -123,6 +124,8 @@ class AdaptiveResult:
     - `interrupted`: whether the run was stopped by Ctrl-C (KeyboardInterrupt). Nothing done is
       lost: the result holds the latest flow (`None` if no round had trained one yet) and the
       production draws made so far (none if warm-up was interrupted).
+    - `final_positions`: `(n_chains, d)`, where each chain ended (its last production draw, or
+      its last warm-up state when there is no production).
     """
 
     samples: Float[Array, "chains draws d"]
@@ -140,6 +143,7 @@ class AdaptiveResult:
     warmup: dict[str, list]
     log_q_solver_error: float
     interrupted: bool = False
+    final_positions: Float[Array, "chains d"] | None = None
 
     @property
     def n_chains(self) -> int:
@@ -249,7 +253,7 @@ def _whitening(path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class _Local(NamedTuple):
     """How to build the local kernel for a given step size, and what it aims at."""
 
-    make: Callable  # step_size -> SamplingAlgorithm
+    make: Callable  # (logdensity_fn, step_size) -> SamplingAlgorithm
     target_acceptance: float
     inverse_mass_matrix: Array | None
 
@@ -382,14 +386,14 @@ class LocalKernel(eqx.Module):
                 " step size is tuned to, e.g. 0.574 for MALA-like, 0.8 for HMC-like kernels)."
             )
 
-    def spec(self, logdensity_fn: Callable, dim: int, dtype) -> _Local:
-        """How to build the kernel for a step size, for this target."""
+    def spec(self, dim: int, dtype) -> _Local:
+        """How to build the kernel for a target and a step size."""
         kernel = self.kernel
         if callable(kernel):
-            return _Local(lambda step: kernel(logdensity_fn, step), self.target_acceptance, None)
+            return _Local(kernel, self.target_acceptance, None)
         target = LOCAL_KERNELS[kernel] if self.target_acceptance is None else self.target_acceptance
         if kernel == "mala":
-            return _Local(lambda step: blackjax.mala(logdensity_fn, step), target, None)
+            return _Local(blackjax.mala, target, None)
         imm = self.inverse_mass_matrix
         imm = jnp.ones(dim, dtype) if imm is None else jnp.asarray(imm, dtype)
         if imm.shape not in ((dim,), (dim, dim)):
@@ -398,8 +402,83 @@ class LocalKernel(eqx.Module):
             )
         if kernel == "hmc":
             steps = self.num_integration_steps
-            return _Local(lambda step: blackjax.hmc(logdensity_fn, step, imm, steps), target, imm)
-        return _Local(lambda step: blackjax.nuts(logdensity_fn, step, imm), target, imm)
+            return _Local(lambda logdensity_fn, step: blackjax.hmc(logdensity_fn, step, imm, steps),
+                          target, imm)
+        return _Local(lambda logdensity_fn, step: blackjax.nuts(logdensity_fn, step, imm), target,
+                      imm)
+
+
+#: `Tempering`'s temperatures unless given others (ratios of about 3 above the first).
+DEFAULT_BETAS = (0.0, 0.03, 0.1, 0.3)
+
+
+class Tempering(eqx.Module):
+    """Warm-up on tempered targets, so that the flow learns modes no chain starts in.
+
+    Warm-up round r samples the geometric path between a reference density rho and pi,
+
+        log pi_beta(x) = log rho(x) + beta_r (log pi(x) - log rho(x)),
+
+    with `betas[r]` for the first rounds and beta = 1 (pi itself) for the rest. At small beta
+    the chains roam the reference (for a model, its prior) across the barriers between pi's
+    modes, the flow is fitted to them, and its global moves carry chains between the modes as
+    beta rises; the flow is trained last on pi's own chains, and production samples pi exactly
+    (tempering only shapes the warm-up, from which nothing is kept).
+
+    **Arguments:**
+
+    - `reference_logdensity_fn`: log rho of one position `(d,)`, finite wherever pi is (for a
+      NumPyro model, `ModelLogDensity.log_prior`: the model without its observations). With
+      `betas[0] = 0` the first round samples rho alone, so rho must then be normalisable.
+    - `betas`: the temperatures of the first warm-up rounds, non-decreasing in [0, 1). Each
+      round's flow proposes for the next one, so consecutive temperatures should not be far
+      apart where pi is much narrower than rho (ratios of about 3 work on the tested targets).
+    """
+
+    reference_logdensity_fn: Callable = eqx.field(static=True)
+    betas: tuple[float, ...] = eqx.field(
+        default=DEFAULT_BETAS, static=True,
+        converter=lambda b: tuple(b) if isinstance(b, list | np.ndarray) else b,
+    )
+
+    def __check_init__(self):
+        if not callable(self.reference_logdensity_fn):
+            raise TypeError(
+                "reference_logdensity_fn must be callable (log rho of one position), got"
+                f" {self.reference_logdensity_fn!r}."
+            )
+        betas = self.betas
+        if not isinstance(betas, tuple) or not betas:
+            raise ValueError(f"betas must be a non-empty tuple of floats, got {betas!r}.")
+        for beta in betas:
+            check_real("each of betas", beta, low=0.0, high=1.0, high_open=True)
+        if any(b < a for a, b in zip(betas, betas[1:], strict=False)):
+            raise ValueError(f"betas must be non-decreasing, got {betas!r}.")
+
+    def targets(self, logdensity_fn: Callable) -> Callable:
+        """`beta -> log pi_beta` (beta may be traced)."""
+        reference = self.reference_logdensity_fn
+
+        def target(beta):
+            def logdensity(x):
+                log_rho = reference(x)
+                return log_rho + beta * (logdensity_fn(x) - log_rho)
+
+            return logdensity
+
+        return target
+
+    def check_reference(self, positions: Array) -> None:
+        """The reference must be finite, with a finite gradient, at the starting points."""
+        values, gradients = jax.jit(jax.vmap(jax.value_and_grad(self.reference_logdensity_fn)))(
+            positions
+        )
+        bad = ~np.asarray(jnp.isfinite(values) & jnp.all(jnp.isfinite(gradients), axis=-1))
+        if bad.any():
+            raise ValueError(
+                "tempering.reference_logdensity_fn (or its gradient) is not finite at the initial"
+                f" position(s) of chain(s) {np.flatnonzero(bad).tolist()}."
+            )
 
 
 #: The network of every round's flow unless `run` is given another: the MCMC benchmark's
@@ -454,16 +533,27 @@ class _FlowLearner:
         return flow.with_settings(sampler="ode", rtol=self.flow_tol, atol=self.flow_tol), history
 
 
-def _rounds(spec: _Local, logdensity_fn, n_chains, dim, dtype, n_local, n_round, adapt_step_size,
-            da_update):
-    """The jitted sampling rounds: `local_round(states, da_state, key)` (the flow-less first
-    round) and `flow_round(states, da_state, key, adapt, flow)`, each `n_round` transitions of
-    every chain, returning `(states, da_state, record, path, gradient evaluations)`; and
-    `attach_flow(local_states, flow)` (the mixed kernel's states)."""
+class _Rounds(NamedTuple):
+    """The jitted sampling rounds for one target family: `local_round(states, da_state, key,
+    beta)` (the flow-less first round) and `flow_round(states, da_state, key, adapt, flow, beta)`,
+    each `n_round` transitions of every chain, returning `(states, da_state, record, path,
+    gradient evaluations)`; `attach_flow(local_states, flow)` (the mixed kernel's states); and
+    `init(positions, step, beta)` (local states at positions). `beta` is traced, so one
+    compilation serves every temperature."""
 
-    def local_transition(states, step, key):
+    local_round: Callable
+    flow_round: Callable
+    attach_flow: Callable
+    init: Callable
+
+
+def _rounds(spec: _Local, target: Callable, n_chains, dim, dtype, n_local, n_round,
+            adapt_step_size, da_update) -> _Rounds:
+    """The `_Rounds` of the targets `target(beta)` (a log density for each beta)."""
+
+    def local_transition(states, step, key, logdensity_fn):
         """n_local local steps on every chain (the first, flow-less round)."""
-        recorded = _recording(spec.make(step).step)
+        recorded = _recording(spec.make(logdensity_fn, step).step)
 
         def one_chain(chain_key, state):
             return jax.lax.scan(
@@ -475,9 +565,9 @@ def _rounds(spec: _Local, logdensity_fn, n_chains, dim, dtype, n_local, n_round,
         false = jnp.zeros((n_chains,), bool)
         return states, states, infos, path, (nan, false, false)
 
-    def flow_transition(states, step, key, flow):
+    def flow_transition(states, step, key, flow, logdensity_fn):
         """One `mixed` transition on every chain with the flow."""
-        algorithm = spec.make(step)
+        algorithm = spec.make(logdensity_fn, step)
         mixed_algorithm = mixed.as_top_level_api(
             logdensity_fn, flow, _recording(algorithm.step), n_local=n_local,
             local_init=algorithm.init,
@@ -489,17 +579,19 @@ def _rounds(spec: _Local, logdensity_fn, n_chains, dim, dtype, n_local, n_round,
         )
         return states, states.local_state, infos, path, global_record
 
-    def sampling_round(states, da_state, key, adapt, flow):
+    def sampling_round(states, da_state, key, adapt, flow, beta):
+        logdensity_fn = target(beta)
+
         def transition(carry, k):
             states, da_state = carry
             step = jnp.exp(da_state.log_step_size)
             if flow is None:
                 states, local_states, infos, path, global_record = local_transition(
-                    states, step, k
+                    states, step, k, logdensity_fn
                 )
             else:
                 states, local_states, infos, path, global_record = flow_transition(
-                    states, step, k, flow
+                    states, step, k, flow, logdensity_fn
                 )
             local_rate = jnp.mean(infos.acceptance_rate, axis=-1)  # per chain
             if adapt_step_size:
@@ -520,7 +612,7 @@ def _rounds(spec: _Local, logdensity_fn, n_chains, dim, dtype, n_local, n_round,
 
     # The same compiled round serves warm-up (step size adapted) and production (`adapt` False:
     # the step size stays at the frozen value), so the mixed kernel is compiled once.
-    local_round = jax.jit(lambda s, da, k: sampling_round(s, da, k, True, None))
+    local_round = jax.jit(lambda s, da, k, beta: sampling_round(s, da, k, True, None, beta))
     flow_round = jax.jit(sampling_round)
 
     @jax.jit
@@ -528,7 +620,20 @@ def _rounds(spec: _Local, logdensity_fn, n_chains, dim, dtype, n_local, n_round,
         log_q = jax.vmap(lambda x: flow_log_density(flow, x)[0])(local_states.position)
         return mixed.MixedState(local_states, log_q)
 
-    return local_round, flow_round, attach_flow
+    @jax.jit
+    def init(positions, step, beta):
+        return jax.vmap(spec.make(target(beta), step).init)(positions)
+
+    return _Rounds(local_round, flow_round, attach_flow, init)
+
+
+def _round_family(spec, logdensity_fn, tempering, *round_options) -> Callable:
+    """`beta -> _Rounds`: pi's own rounds at beta = 1 (pi is never evaluated through the tempered
+    formula), the tempered targets' (one compilation for every beta < 1) below."""
+    plain = _rounds(spec, lambda beta: logdensity_fn, *round_options)
+    tempered = (None if tempering is None
+                else _rounds(spec, tempering.targets(logdensity_fn), *round_options))
+    return lambda beta: plain if beta == 1.0 else tempered
 
 
 class _WarmUp(NamedTuple):
@@ -542,20 +647,27 @@ class _WarmUp(NamedTuple):
     interrupted: bool = False
 
 
-def _warm_up(key, rounds, learner: _FlowLearner, local_states, da_state, *, n_warmup_rounds,
+def _warm_up(key, rounds, betas, learner: _FlowLearner, local_states, da_state, *,
              max_training_points, n_chains, timing, bar) -> _WarmUp:
-    """Sampling and training rounds; returns the last states, the flow and the history (what was
-    done so far, `interrupted`, on Ctrl-C)."""
+    """Sampling and training rounds (round r on the target at `betas[r]`, `rounds(beta)` its
+    compiled rounds); returns the last states, the flow and the history (what was done so far,
+    `interrupted`, on Ctrl-C)."""
     history = {name: [] for name in (
-        "local_acceptance", "global_acceptance", "step_size", "n_training_points",
+        "beta", "local_acceptance", "global_acceptance", "step_size", "n_training_points",
         "train_history",
     )}
     grad_evals, flow = n_chains, None
-    for round_index in range(n_warmup_rounds):
+    for round_index, beta in enumerate(betas):
+        if round_index and beta != betas[round_index - 1]:  # a new target: fresh log densities
+            local_states = rounds(beta).init(
+                local_states.position, jnp.exp(da_state.log_step_size), beta
+            )
+            grad_evals += n_chains
+        history["beta"].append(beta)
         try:
             key, local_states, da_state, flow, grads, stopped = _warm_up_round(
-                key, round_index, rounds, learner, local_states, da_state, flow, history,
-                n_warmup_rounds=n_warmup_rounds, max_training_points=max_training_points,
+                key, round_index, rounds(beta), beta, learner, local_states, da_state, flow,
+                history, n_warmup_rounds=len(betas), max_training_points=max_training_points,
                 timing=timing, bar=bar,
             )
         except KeyboardInterrupt:
@@ -566,21 +678,22 @@ def _warm_up(key, rounds, learner: _FlowLearner, local_states, da_state, *, n_wa
     return _WarmUp(local_states, da_state, flow, grad_evals, history)
 
 
-def _warm_up_round(key, round_index, rounds, learner, local_states, da_state, flow, history, *,
-                   n_warmup_rounds, max_training_points, timing, bar):
+def _warm_up_round(key, round_index, rounds: _Rounds, beta, learner, local_states, da_state, flow,
+                   history, *, n_warmup_rounds, max_training_points, timing, bar):
     """One sampling round, then one training round. Returns `(key, local_states, da_state, flow,
     gradient evaluations, whether training was interrupted)`."""
-    local_round, flow_round, attach_flow = rounds
-    bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}: sampling")
+    local_round, flow_round, attach_flow, _ = rounds
+    tempered = "" if beta == 1.0 else f" (beta {beta:g})"
+    bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}{tempered}: sampling")
     tic = time.perf_counter()
     key, key_round = jax.random.split(key)
     if flow is None:
         local_states, da_state, record, path, grads = local_round(
-            local_states, da_state, key_round
+            local_states, da_state, key_round, beta
         )
     else:
         states, da_state, record, path, grads = flow_round(
-            attach_flow(local_states, flow), da_state, key_round, True, flow
+            attach_flow(local_states, flow), da_state, key_round, True, flow, beta
         )
         local_states = states.local_state
     path = np.asarray(path)
@@ -596,7 +709,7 @@ def _warm_up_round(key, round_index, rounds, learner, local_states, da_state, fl
         )
     bar.update()
 
-    bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}: training")
+    bar.set_description(f"warm-up round {round_index + 1}/{n_warmup_rounds}{tempered}: training")
     tic = time.perf_counter()
     training = _thin(path, max_training_points)
     flow, train_history = learner.train_round(round_index, path, training)
@@ -609,11 +722,14 @@ def _warm_up_round(key, round_index, rounds, learner, local_states, da_state, fl
     return key, local_states, da_state, flow, int(grads), train_history.interrupted
 
 
-def _production(key, rounds, warm: _WarmUp, step_size, *, n_production, n_round, bar):
+def _production(key, rounds, warm: _WarmUp, step_size, *, n_production, n_round, bar, empty):
     """`n_production` transitions of the mixed kernel with the flow and the step size frozen:
     `(samples, logdensity, local rate, global rate, accepted, failed)`, gradient evaluations,
-    and whether Ctrl-C stopped it (the draws are then those of the rounds completed)."""
-    _, flow_round, attach_flow = rounds
+    and whether Ctrl-C stopped it (the draws are then those of the rounds completed). None (the
+    arrays `empty`) when there is no production or warm-up was interrupted."""
+    if warm.interrupted or n_production == 0:
+        return empty, 0, warm.interrupted
+    _, flow_round, attach_flow, _ = rounds
     frozen_da = warm.da_state._replace(
         log_step_size=jnp.log(jnp.asarray(step_size, warm.da_state.log_step_size.dtype))
     )
@@ -624,7 +740,7 @@ def _production(key, rounds, warm: _WarmUp, step_size, *, n_production, n_round,
     try:
         for chunk_key in jax.random.split(key, math.ceil(n_production / n_round)):
             states, _, record, _, grads = flow_round(
-                states, frozen_da, chunk_key, False, warm.flow
+                states, frozen_da, chunk_key, False, warm.flow, 1.0
             )
             records.append(jax.device_get(record))
             grad_evals += int(grads)
@@ -632,7 +748,9 @@ def _production(key, rounds, warm: _WarmUp, step_size, *, n_production, n_round,
     except KeyboardInterrupt:
         interrupted = True
     if not records:  # no whole round: empty draws of the right shapes
-        shapes = jax.eval_shape(lambda: flow_round(states, frozen_da, key, False, warm.flow))[2]
+        shapes = jax.eval_shape(
+            lambda: flow_round(states, frozen_da, key, False, warm.flow, 1.0)
+        )[2]
         records = [jax.tree.map(
             lambda s: np.zeros((s.shape[0], 0, *s.shape[2:]), s.dtype), shapes
         )]
@@ -673,6 +791,7 @@ def run(
     train_options: dict[str, Any] | None = None,
     max_training_points: int = 20_000,
     whiten: bool = True,
+    tempering: Tempering | None = None,
     flow_tol: float | None = None,
     check_solver_error: bool = True,
     show_progress: bool = True,
@@ -697,7 +816,8 @@ def run(
     - `n_warmup_steps`: transitions per warm-up round. Production reuses the same compiled
       round: it runs whole rounds of `n_warmup_steps` transitions and keeps the first
       `n_production`.
-    - `n_production`: transitions of the production chain (draws per chain).
+    - `n_production`: transitions of the production chain (draws per chain); 0 runs the
+      warm-up only (the result then has the flow, `final_positions` and no draws).
     - `fit_steps`: optimiser steps of each round's training (an int, or one per round).
     - `network`: the `FieldMLPSpec` of the flow built in the first round (default
       `ADAPTIVE_NETWORK`, width 128, depth 3).
@@ -710,6 +830,9 @@ def run(
       (Cholesky; measured on the first round's path and then fixed), `whitened_flow`, so
       correlated targets are well conditioned; `False` uses the flow's per-coordinate
       standardisation (measured on the first round's points).
+    - `tempering`: a `Tempering` (reference density and temperatures): the first warm-up rounds
+      sample tempered targets between the reference and pi, so that the flow learns modes no
+      chain starts in. `None` (default): every round samples pi.
     - `flow_tol`: `rtol = atol` of the flow's ODE solves in the MH ratio (default 1e-7 in
       float64, 1e-5 in float32).
     - `check_solver_error`: measure `log_q_solver_error` at the end.
@@ -723,29 +846,28 @@ def run(
     t_start = time.perf_counter()
     reject_unknown(renamed, "adaptive.run", RENAMED_RUN_OPTIONS)
     positions = _check_inputs(logdensity_fn, initial_positions)
-    n_chains, dim = positions.shape
-    dtype = positions.dtype
+    (n_chains, dim), dtype = positions.shape, positions.dtype
     local = _check_run_options(local, network, n_local, n_warmup_rounds, n_warmup_steps,
                                n_production)
+    betas = _round_betas(tempering, n_warmup_rounds, positions)
     max_training_points = check_positive_int("max_training_points", max_training_points, 2)
     learner = _FlowLearner(
         jax.random.fold_in(key, 1), network, _per_round(fit_steps, n_warmup_rounds),
-        _check_train_options(train_options), whiten,
-        (1e-7 if dtype == jnp.float64 else 1e-5) if flow_tol is None else flow_tol,
+        _check_train_options(train_options), whiten, _flow_tol(flow_tol, dtype),
     )
-    spec = local.spec(logdensity_fn, dim, dtype)
+    spec = local.spec(dim, dtype)
     da_init, da_update, da_final = dual_averaging_adaptation(spec.target_acceptance)
-    rounds = _rounds(spec, logdensity_fn, n_chains, dim, dtype, n_local, n_warmup_steps,
-                     local.adapt_step_size, da_update)
-
+    rounds = _round_family(spec, logdensity_fn, tempering, n_chains, dim, dtype, n_local,
+                           n_warmup_steps, local.adapt_step_size, da_update)
     n_chunks = math.ceil(n_production / n_warmup_steps)
     bar = tqdm(total=2 * n_warmup_rounds + n_chunks, desc="adaptive", disable=not show_progress)
     timing = {"warmup_sampling": 0.0, "training": 0.0, "production": 0.0}
     key_warmup, key_production = jax.random.split(key)
+    step_size = jnp.asarray(local.step_size, dtype)
     warm = _warm_up(
-        key_warmup, rounds, learner, jax.jit(jax.vmap(spec.make(local.step_size).init))(positions),
-        da_init(jnp.asarray(local.step_size, dtype)), n_warmup_rounds=n_warmup_rounds,
-        max_training_points=max_training_points, n_chains=n_chains, timing=timing, bar=bar,
+        key_warmup, rounds, betas, learner, rounds(betas[0]).init(positions, step_size, betas[0]),
+        da_init(step_size), max_training_points=max_training_points, n_chains=n_chains,
+        timing=timing, bar=bar,
     )
     step_size = (float(da_final(warm.da_state)) if local.adapt_step_size
                  else float(local.step_size))
@@ -753,13 +875,10 @@ def run(
         _warn_if_target_is_nan(warm.flow, logdensity_fn, jax.random.fold_in(key, 2))
     bar.set_description("production")
     tic = time.perf_counter()
-    if warm.interrupted:
-        draws, grad_evals_production, interrupted = _no_draws(n_chains, dim, dtype), 0, True
-    else:
-        draws, grad_evals_production, interrupted = _production(
-            key_production, rounds, warm, step_size, n_production=n_production,
-            n_round=n_warmup_steps, bar=bar,
-        )
+    draws, grad_evals_production, interrupted = _production(
+        key_production, rounds(1.0), warm, step_size, n_production=n_production,
+        n_round=n_warmup_steps, bar=bar, empty=_no_draws(n_chains, dim, dtype),
+    )
     bar.close()
     samples, logdensity, local_rate, global_rate, accepted, failed = draws
     timing["production"] = time.perf_counter() - tic
@@ -775,7 +894,12 @@ def run(
         grad_evals_warmup=warm.grad_evals, grad_evals_production=grad_evals_production,
         timing=timing, warmup=warm.history, log_q_solver_error=solver_error,
         interrupted=interrupted,
+        final_positions=samples[:, -1] if samples.shape[1] else warm.local_states.position,
     )
+
+
+def _flow_tol(flow_tol, dtype) -> float:
+    return (1e-7 if dtype == jnp.float64 else 1e-5) if flow_tol is None else flow_tol
 
 
 def _check_run_options(local, network, n_local, n_warmup_rounds, n_warmup_steps,
@@ -787,9 +911,26 @@ def _check_run_options(local, network, n_local, n_warmup_rounds, n_warmup_steps,
     if not isinstance(network, FieldMLPSpec):
         raise TypeError(f"network must be an nsi.FieldMLPSpec, got {network!r}.")
     for name, value in (("n_local", n_local), ("n_warmup_rounds", n_warmup_rounds),
-                        ("n_warmup_steps", n_warmup_steps), ("n_production", n_production)):
+                        ("n_warmup_steps", n_warmup_steps)):
         check_positive_int(name, value)
+    check_positive_int("n_production", n_production, 0)
     return local
+
+
+def _round_betas(tempering, n_warmup_rounds: int, positions) -> list[float]:
+    """Each warm-up round's temperature: the tempering's, then 1 (pi itself)."""
+    if tempering is None:
+        return [1.0] * n_warmup_rounds
+    if not isinstance(tempering, Tempering):
+        raise TypeError(f"tempering must be an adaptive.Tempering or None, got {tempering!r}.")
+    if n_warmup_rounds < len(tempering.betas) + 1:
+        raise ValueError(
+            f"tempering has {len(tempering.betas)} temperatures below 1, so n_warmup_rounds must"
+            f" be at least {len(tempering.betas) + 1} (at least one round on the target itself,"
+            f" which the flow is trained on last); got {n_warmup_rounds}."
+        )
+    tempering.check_reference(positions)
+    return [*tempering.betas, *[1.0] * (n_warmup_rounds - len(tempering.betas))]
 
 
 def _warn_interrupted(in_warm_up: bool, n_draws: int) -> None:

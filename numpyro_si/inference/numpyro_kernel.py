@@ -7,6 +7,10 @@ space of `numpyro.infer.util.initialize_model`: the flow must be a density on th
 unconstrained latent vector (sites in `jax.flatten_util.ravel_pytree` order, i.e. sorted by
 name), for instance fitted to `unconstrained_draws(model, samples)` of a pilot run.
 
+With no flow, `MCMC(SIFlowBoost(NUTS(model)), ...)` learns one at its first `init`, before
+NumPyro's warm-up, by `learn_flow` (chains from the prior, the adaptive scheme, optionally
+tempered), freezes it, and starts the MCMC chains where the learning chains ended.
+
 Exactness and cost are those of `mixed`: the flow needs the ODE sampler, the exact divergence and
 tight tolerances; a global move costs a flow draw, one or two flow densities and one potential
 energy and gradient at the proposal (the inner kernel's `refresh`).
@@ -25,6 +29,7 @@ from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
 from .._distribution import SIFlow
+from ._learning import FlowLearning, LearnedFlow, learn_flow
 from .independence import check_flow, flow_log_density, global_move
 
 __all__ = ["SIFlowBoost", "SIFlowBoostState"]
@@ -68,9 +73,23 @@ class SIFlowBoost(MCMCKernel):
     - `inner_kernel`: a NumPyro kernel whose state has `z` and `potential_energy` and which
       implements `refresh` (NUTS, HMC, and kernels built on them), e.g. `NUTS(model)`.
     - `flow`: an `SIFlow` on the ravelled unconstrained latent vector, with the ODE sampler, the
-      exact divergence and tight tolerances (e.g. `rtol = atol = 1e-7`).
+      exact divergence and tight tolerances (e.g. `rtol = atol = 1e-7`); or `None` (default):
+      learn it with no posterior draws (below).
     - `n_local`: inner steps per transition (each transition ends with one flow move). The inner
       kernel's warm-up spans `num_warmup * n_local` of its steps, i.e. the whole warm-up phase.
+    - `learning`: how the flow is learned when none is given, a `FlowLearning` (default
+      `FlowLearning()`: 16 chains from the prior, NUTS local steps, three rounds; `tempering=True`
+      for modes the prior's draws do not reach directly).
+
+    **With no flow**, the first `init` (at `mcmc.run`) runs `learn_flow` on the inner kernel's
+    model and the run's model arguments (its own progress bar), freezes the flow
+    (`kernel.flow`; `kernel.learned` holds the `LearnedFlow` with the learning run's
+    diagnostics) and, unless `init_params` is given, starts the MCMC chains at the learning
+    chains' final states, which the flow moves have spread over the modes. NumPyro's warm-up
+    then adapts the inner kernel with the frozen flow's moves on, and sampling is exact MCMC. The
+    flow is learned once per kernel: later runs reuse it. Learning needs
+    `chain_method="vectorized"` or `"sequential"` (under `"parallel"`, `init` is traced: learn
+    first with `learn_flow` and pass its flow).
 
     Flow moves also happen during warm-up (they help the adaptation see every mode; warm-up
     draws are discarded anyway). `default_fields` collect `accept_prob`, `global_accept_prob`
@@ -79,7 +98,8 @@ class SIFlowBoost(MCMCKernel):
     "parallel" work as for the inner kernel.
     """
 
-    def __init__(self, inner_kernel: MCMCKernel, flow: SIFlow, *, n_local: int = 1):
+    def __init__(self, inner_kernel: MCMCKernel, flow: SIFlow | None = None, *, n_local: int = 1,
+                 learning: FlowLearning | None = None):
         if not isinstance(inner_kernel, MCMCKernel):
             raise TypeError(f"inner_kernel must be a NumPyro MCMCKernel, got {inner_kernel!r}.")
         if type(inner_kernel).refresh is MCMCKernel.refresh:
@@ -89,10 +109,26 @@ class SIFlowBoost(MCMCKernel):
             )
         if not (isinstance(n_local, int) and n_local >= 1):
             raise ValueError(f"n_local must be a positive int, got {n_local!r}.")
-        check_flow(flow, constrained=False)
+        if flow is None:
+            if getattr(inner_kernel, "model", None) is None:
+                raise ValueError(
+                    "SIFlowBoost learns its flow from the inner kernel's model, but"
+                    f" {type(inner_kernel).__name__} was built from a potential_fn; pass a flow."
+                )
+            learning = FlowLearning() if learning is None else learning
+            if not isinstance(learning, FlowLearning):
+                raise TypeError(f"learning must be a FlowLearning, got {learning!r}.")
+        else:
+            if learning is not None:
+                raise ValueError("learning= configures how a flow is learned: pass a flow or"
+                                 " learning, not both.")
+            check_flow(flow, constrained=False)
         self.inner_kernel = inner_kernel
         self.flow = flow
         self.n_local = n_local
+        self.learning = learning
+        self.learned: LearnedFlow | None = None
+        self._starts_used = 0
 
     # -- MCMCKernel interface -----------------------------------------------------------------
 
@@ -124,6 +160,11 @@ class SIFlowBoost(MCMCKernel):
 
     def init(self, rng_key, num_warmup, init_params=None, model_args=(), model_kwargs={}):  # noqa: B006
         vectorized = not is_prng_key(rng_key)
+        if self.flow is None:
+            self._learn(rng_key[0] if vectorized else rng_key, model_args, model_kwargs)
+        if self.learned is not None and init_params is None:
+            n_chains = rng_key.shape[0] if vectorized else None
+            init_params = self._learned_starts(n_chains)
         if vectorized:
             key_inner, key_flow = jnp.swapaxes(jax.vmap(jax.random.split)(rng_key), 0, 1)
         else:
@@ -173,6 +214,33 @@ class SIFlowBoost(MCMCKernel):
             jnp.mean(jnp.stack(accept_prob), axis=0), acc_prob, accepted, failed, mean, log_q,
             new_inner, i, rng_key,
         )
+
+    # -- learning the flow ----------------------------------------------------------------------
+
+    def _learn(self, rng_key, model_args, model_kwargs) -> None:
+        if isinstance(rng_key, jax.core.Tracer):
+            raise RuntimeError(
+                "SIFlowBoost cannot learn its flow inside a traced init (chain_method='parallel'"
+                " runs init under pmap). Use chain_method='vectorized' or 'sequential', or learn"
+                " first: flow = inference.learn_flow(key, model, model_args).flow, then"
+                " SIFlowBoost(NUTS(model), flow)."
+            )
+        # a key of its own, so the MCMC chains' keys are not reused by the learning run
+        self.learned = learn_flow(
+            jax.random.fold_in(rng_key, 0x51F), self.inner_kernel.model, tuple(model_args),
+            dict(model_kwargs), learning=self.learning,
+        )
+        self.flow = self.learned.flow
+
+    def _learned_starts(self, n_chains):
+        """The learning chains' final states: all chains at once (vectorized), or the next one
+        for each chain of a sequential run."""
+        if n_chains is not None:
+            return self.learned.init_params(n_chains)
+        final = self.learned.result.final_positions
+        start = final[self._starts_used % final.shape[0]]
+        self._starts_used += 1
+        return self.learned.log_density.unravel(start)
 
     # -- the flow move --------------------------------------------------------------------------
 
