@@ -39,6 +39,7 @@ from ._interpolants import (
     ZeroGamma,
 )
 from ._io import load, save
+from ._joint_prior import JointPrior, fit_joint_prior
 from ._networks import ACTIVATIONS, FieldMLP, FieldMLPSpec, default_network_size
 from ._objectives import (
     AbstractTimeSampler,
@@ -50,7 +51,7 @@ from ._objectives import (
     score_loss,
     velocity_loss,
 )
-from ._reparam import FlowReparam
+from ._reparam import FlowReparam, sample
 from ._solvers import (
     AbstractDivergence,
     AbstractSampler,

@@ -13,7 +13,7 @@ from numpyro.distributions.transforms import ComposeTransform, Transform, biject
 from numpyro.distributions.util import sum_rightmost
 
 from ._checks import as_float_array, describe_rows
-from ._distribution import SIFlow
+from ._distribution import FAST_MAP_CANDIDATES, SIFlow
 from ._flow import FIXED_STEP_CANDIDATES, AbstractFlow, _FlowModel
 from ._solvers import SolveInfo
 
@@ -276,6 +276,15 @@ class ConstrainedSIFlow(AbstractFlow, dist.TransformedDistribution):
         y, info = self.flow.sample_with_info(key, sample_shape)
         return self.transform(y), info
 
+    def sample_with_log_prob(self, key, sample_shape: tuple[int, ...] = ()):
+        """`SIFlow.sample_with_log_prob` on the support: draws, their log densities (the
+        flow's, plus the bijection's log-Jacobian) and the `SolveInfo`, from one forward solve
+        each."""
+        y, flow_log_prob, info = self.flow.sample_with_log_prob(key, sample_shape)
+        value = self.transform(y)
+        _, log_jacobian = self.inverse_with_log_jacobian(value)
+        return value, log_jacobian + flow_log_prob, info
+
     def to_unconstrained(self, x: ArrayLike, name: str = "x") -> Array:
         """Points of the support, `(n,) + event_shape`, checked to lie inside it, mapped to the
         unconstrained space `(n, dim)` (see `to_unconstrained`)."""
@@ -301,6 +310,14 @@ class ConstrainedSIFlow(AbstractFlow, dist.TransformedDistribution):
         flow, report = self.flow.with_fixed_step_likelihood(
             unconstrained, max_error=max_error, candidates=candidates
         )
+        return (self if flow is self.flow else self._with_model(flow._model)), report
+
+    def with_fast_map(self, key=None, *, n: int = 1000, max_distance: float = 0.05,
+                      candidates: tuple[int, ...] = FAST_MAP_CANDIDATES):
+        """`SIFlow.with_fast_map` of the flow on the unconstrained space (distances measured
+        there); returns `(flow, report)`, the flow a `ConstrainedSIFlow` on the same support."""
+        flow, report = self.flow.with_fast_map(key, n=n, max_distance=max_distance,
+                                               candidates=candidates)
         return (self if flow is self.flow else self._with_model(flow._model)), report
 
     def __repr__(self):

@@ -502,6 +502,30 @@ def ode_log_likelihood(
 ) -> tuple[Float[Array, ""], SolveInfo]:
     """log rho_t(x) = log rho0(X(t_base)) - integral_{t_base}^{t} div b dt, solving backward from
     X(t) = x (docs/math.md section 4). Returns -inf where the solver ran out of steps."""
+    y_base, integral, info = _divergence_solve(velocity, x, t, t_base, method=method,
+                                               divergence=divergence, key=key, rtol=rtol,
+                                               atol=atol)
+    # integral = int_t^{t_base} div b ds = -int_{t_base}^t div b ds
+    log_prob = base_log_prob(y_base) + integral
+    return jnp.where(info.succeeded, log_prob, -jnp.inf), info
+
+
+def ode_sample_log_likelihood(
+    velocity: Callable, base_log_prob: Callable, z: Float[Array, " d"], t_base: float, t: float,
+    *, method: _ODESolve, divergence: AbstractDivergence, key: PRNGKeyArray | None,
+    rtol: float, atol: float,
+) -> tuple[Float[Array, " d"], Float[Array, ""], SolveInfo]:
+    """A draw and its log density from one forward solve: X(t) from X(t_base) = z, and
+    log rho_t(X(t)) = log rho0(z) - integral_{t_base}^{t} div b dt integrated along the same
+    solve (docs/math.md section 4). The log density is -inf where the solver ran out of steps."""
+    y, integral, info = _divergence_solve(velocity, z, t_base, t, method=method,
+                                          divergence=divergence, key=key, rtol=rtol, atol=atol)
+    log_prob = base_log_prob(z) - integral
+    return y, jnp.where(info.succeeded, log_prob, -jnp.inf), info
+
+
+def _divergence_solve(velocity, x, t0, t1, *, method, divergence, key, rtol, atol):
+    """The ODE and the integral of div b from t0 to t1, one solve: `(X(t1), integral, info)`."""
     probe = divergence.probe(key, x)
 
     def augmented(s, state, args):
@@ -510,15 +534,11 @@ def ode_log_likelihood(
         return value, div
 
     y0 = (x, jnp.zeros((), dtype=x.dtype))
-    controller, dt0 = _step_controller(method.n_steps, rtol, atol, t, t_base)
+    controller, dt0 = _step_controller(method.n_steps, rtol, atol, t0, t1)
     sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(augmented), method.solver, t, t_base, dt0, y0,
+        diffrax.ODETerm(augmented), method.solver, t0, t1, dt0, y0,
         stepsize_controller=controller,
         max_steps=method.max_steps if method.n_steps is None else method.n_steps,
         throw=False,
     )
-    y_base, integral = sol.ys[0][-1], sol.ys[1][-1]
-    # integral = int_t^{t_base} div b ds = -int_{t_base}^t div b ds
-    info = _info(sol)
-    log_prob = base_log_prob(y_base) + integral
-    return jnp.where(info.succeeded, log_prob, -jnp.inf), info
+    return sol.ys[0][-1], sol.ys[1][-1], _info(sol)

@@ -166,13 +166,31 @@ def flow_log_density(
     return log_q, ~info.succeeded
 
 
+#: How a proposal's log q is computed: `"backward"` (the default), a draw by the flow's ODE
+#: sampler and then `log_prob`'s backward solve from it; `"forward"`, one forward solve that
+#: integrates the divergence along the draw (`SIFlow.sample_with_log_prob`).
+PROPOSAL_DENSITIES = ("backward", "forward")
+
+
+def check_proposal_density(proposal_density: str) -> str:
+    if proposal_density not in PROPOSAL_DENSITIES:
+        raise ValueError(
+            f"proposal_density must be one of {PROPOSAL_DENSITIES}, got {proposal_density!r}."
+        )
+    return proposal_density
+
+
 def flow_proposal(
-    rng_key: PRNGKeyArray, flow: Proposal, unravel: Callable
+    rng_key: PRNGKeyArray, flow: Proposal, unravel: Callable, proposal_density: str = "backward"
 ) -> tuple[PyTree, Float[Array, ""], Bool[Array, ""], Int[Array, ""]]:
-    """One draw y ~ q by the flow's ODE sampler, then log q(y) by its backward solve.
+    """One draw y ~ q and log q(y): by the flow's ODE sampler and then its backward solve
+    (`proposal_density="backward"`), or both from one forward solve (`"forward"`).
 
     Returns `(y, log q(y), failed, steps)`, y shaped like the chain position via `unravel`.
     """
+    if proposal_density == "forward":
+        y, log_q, info = flow.sample_with_log_prob(rng_key, ())
+        return unravel(y.reshape(-1)), log_q, ~info.succeeded, info.num_steps
     y = flow.sample(rng_key, ())
     log_q, info = flow.log_prob_with_info(y)
     return unravel(y.reshape(-1)), log_q, ~info.succeeded, info.num_steps
@@ -193,7 +211,7 @@ class GlobalMove(NamedTuple):
 def global_move(
     key_proposal: PRNGKeyArray, key_accept: PRNGKeyArray, flow: Proposal, state: Any,
     position: PyTree, logdensity: ArrayLike, previous_position: PyTree,
-    previous_proposal_logdensity: ArrayLike, rebuild: Callable,
+    previous_proposal_logdensity: ArrayLike, rebuild: Callable, proposal_density: str = "backward",
 ) -> GlobalMove:
     """One independence Metropolis-Hastings move with the flow, from a chain that other moves
     (a local kernel) may have moved since log q was last evaluated: the move of `mixed` and of
@@ -208,6 +226,7 @@ def global_move(
     - `previous_position`, `previous_proposal_logdensity`: where log q was last evaluated and
       its value (reused if the chain has not moved since; a failed value stays failed).
     - `rebuild`: `rebuild(y) -> (state at y, log pi(y))`, the chain's state at a proposal.
+    - `proposal_density`: how log q(y) is computed (`PROPOSAL_DENSITIES`).
 
     **Returns:** a `GlobalMove`.
     """
@@ -218,7 +237,7 @@ def global_move(
         lambda: flow_log_density(flow, position),
         lambda: (previous_proposal_logdensity, ~jnp.isfinite(previous_proposal_logdensity)),
     )
-    y, log_q_y, failed_y, _ = flow_proposal(key_proposal, flow, unravel)
+    y, log_q_y, failed_y, _ = flow_proposal(key_proposal, flow, unravel, proposal_density)
     proposed_state, logdensity_y = rebuild(y)
     log_ratio = log_acceptance_ratio(logdensity_y, log_q_y, logdensity, log_q_x, failed_y)
     (new_state, log_q), (is_accepted, acceptance_rate, _) = static_binomial_sampling(
@@ -256,8 +275,9 @@ def init(position: PyTree, logdensity_fn: Callable, flow: Proposal) -> IMHState:
     return IMHState(position, jnp.asarray(logdensity_fn(position)), log_q)
 
 
-def build_kernel() -> Callable:
-    """Build the independence MH kernel.
+def build_kernel(proposal_density: str = "backward") -> Callable:
+    """Build the independence MH kernel (`proposal_density`: how log q of a proposal is
+    computed, `PROPOSAL_DENSITIES`).
 
     **Returns:** `kernel(rng_key, state, logdensity_fn, flow) -> (IMHState, IMHInfo)`, a pure
     function: one flow draw, one flow density, one target log density per call.
@@ -270,7 +290,7 @@ def build_kernel() -> Callable:
         check_flow(flow)
         key_proposal, key_accept = jax.random.split(rng_key)
         _, unravel = _flat_dim_check(state.position, flow)
-        y, log_q_y, failed, steps = flow_proposal(key_proposal, flow, unravel)
+        y, log_q_y, failed, steps = flow_proposal(key_proposal, flow, unravel, proposal_density)
         log_pi_y = jnp.asarray(logdensity_fn(y))
         log_ratio = log_acceptance_ratio(
             log_pi_y, log_q_y, state.logdensity, state.proposal_logdensity, failed
@@ -284,7 +304,9 @@ def build_kernel() -> Callable:
     return kernel
 
 
-def as_top_level_api(logdensity_fn: Callable, flow: Proposal) -> SamplingAlgorithm:
+def as_top_level_api(
+    logdensity_fn: Callable, flow: Proposal, *, proposal_density: str = "backward"
+) -> SamplingAlgorithm:
     """Independence MH with an `SIFlow` proposal as a `blackjax.SamplingAlgorithm`.
 
     **Arguments:**
@@ -292,13 +314,16 @@ def as_top_level_api(logdensity_fn: Callable, flow: Proposal) -> SamplingAlgorit
     - `logdensity_fn`: log pi of one position (unnormalised).
     - `flow`: the proposal `SIFlow` (ODE sampler, exact divergence, tight `rtol`/`atol`; see the
       module docstring for the remaining solver error).
+    - `proposal_density`: `"backward"` (default: draw, then a backward density solve) or
+      `"forward"` (draw and log q from one forward solve: cheaper, the same density to the
+      solver's tolerance).
 
     **Returns:** `SamplingAlgorithm(init, step)` with `init(position) -> IMHState` and
     `step(rng_key, state) -> (IMHState, IMHInfo)`; jit `step` (or the whole `run_chain`) and
     `jax.vmap` it over keys and states for parallel chains.
     """
     check_flow(flow)
-    kernel = build_kernel()
+    kernel = build_kernel(check_proposal_density(proposal_density))
     return build_sampling_algorithm(
         kernel, init, logdensity_fn, init_args=(flow,), kernel_args=(flow,)
     )

@@ -31,7 +31,13 @@ import jax
 from blackjax.base import SamplingAlgorithm, build_sampling_algorithm
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
-from .independence import Proposal, check_flow, flow_log_density, global_move
+from .independence import (
+    Proposal,
+    check_flow,
+    check_proposal_density,
+    flow_log_density,
+    global_move,
+)
 
 __all__ = ["MixedState", "MixedInfo", "init", "build_kernel", "as_top_level_api"]
 
@@ -95,13 +101,15 @@ def init(
     return MixedState(local_state, log_q)
 
 
-def build_kernel(n_local: int = 1) -> Callable:
+def build_kernel(n_local: int = 1, proposal_density: str = "backward") -> Callable:
     """Build the mixed kernel: `n_local` local steps, then one global flow step.
 
     **Arguments:**
 
     - `n_local`: local steps per transition (0 gives pure independence MH carrying the local
       state along).
+    - `proposal_density`: how log q of a flow proposal is computed (`"backward"` or
+      `"forward"`, see `independence.PROPOSAL_DENSITIES`).
 
     **Returns:** `kernel(rng_key, state, logdensity_fn, flow, local_step, local_init)
     -> (MixedState, MixedInfo)`, where `local_step(rng_key, local_state) -> (local_state, info)`
@@ -136,7 +144,7 @@ def build_kernel(n_local: int = 1) -> Callable:
         move = global_move(
             key_proposal, key_accept, flow, local_state, local_state.position,
             local_state.logdensity, state.local_state.position, state.proposal_logdensity,
-            rebuild,
+            rebuild, proposal_density,
         )
         new_state = MixedState(move.state, move.proposal_logdensity)
         info = MixedInfo(local_info, move.acceptance_rate, move.is_accepted, move.failed)
@@ -147,7 +155,7 @@ def build_kernel(n_local: int = 1) -> Callable:
 
 def as_top_level_api(
     logdensity_fn: Callable, flow: Proposal, local: SamplingAlgorithm | Callable, *,
-    n_local: int = 1, local_init: Callable | None = None,
+    n_local: int = 1, local_init: Callable | None = None, proposal_density: str = "backward",
 ) -> SamplingAlgorithm:
     """Local moves plus global `SIFlow` moves as a `blackjax.SamplingAlgorithm`.
 
@@ -162,6 +170,9 @@ def as_top_level_api(
     - `n_local`: local steps before each global flow step.
     - `local_init`: `local_init(position) -> local state`; defaults to `local.init`. It is also
       how the local state is rebuilt at an accepted flow proposal.
+    - `proposal_density`: `"backward"` (default: a flow draw, then a backward density solve) or
+      `"forward"` (draw and log q from one forward solve: cheaper, the same density to the
+      solver's tolerance).
 
     **Returns:** `SamplingAlgorithm(init, step)`: `init(position) -> MixedState`,
     `step(rng_key, state) -> (MixedState, MixedInfo)`.
@@ -188,7 +199,7 @@ def as_top_level_api(
         raise TypeError(
             f"local must be a blackjax SamplingAlgorithm or a step function, got {local!r}."
         )
-    kernel = build_kernel(n_local)
+    kernel = build_kernel(n_local, check_proposal_density(proposal_density))
     return build_sampling_algorithm(
         kernel, init, logdensity_fn, init_args=(flow, local_init),
         kernel_args=(flow, local_step, local_init),

@@ -30,7 +30,7 @@ from numpyro.util import is_prng_key
 
 from .._distribution import SIFlow
 from ._learning import FlowLearning, LearnedFlow, learn_flow
-from .independence import check_flow, flow_log_density, global_move
+from .independence import check_flow, check_proposal_density, flow_log_density, global_move
 
 __all__ = ["SIFlowBoost", "SIFlowBoostState"]
 
@@ -80,6 +80,10 @@ class SIFlowBoost(MCMCKernel):
     - `learning`: how the flow is learned when none is given, a `FlowLearning` (default
       `FlowLearning()`: 16 chains from the prior, NUTS local steps, three rounds; `tempering=True`
       for modes the prior's draws do not reach directly).
+    - `proposal_density`: how log q of a flow proposal is computed: `"backward"` (default: a
+      flow draw, then a backward density solve) or `"forward"` (draw and log q from one forward
+      solve that integrates the divergence along it: one solve instead of two, the same density
+      to the solver's tolerance).
 
     **With no flow**, the first `init` (at `mcmc.run`) runs `learn_flow` on the inner kernel's
     model and the run's model arguments (its own progress bar), freezes the flow
@@ -99,7 +103,7 @@ class SIFlowBoost(MCMCKernel):
     """
 
     def __init__(self, inner_kernel: MCMCKernel, flow: SIFlow | None = None, *, n_local: int = 1,
-                 learning: FlowLearning | None = None):
+                 learning: FlowLearning | None = None, proposal_density: str = "backward"):
         if not isinstance(inner_kernel, MCMCKernel):
             raise TypeError(f"inner_kernel must be a NumPyro MCMCKernel, got {inner_kernel!r}.")
         if type(inner_kernel).refresh is MCMCKernel.refresh:
@@ -127,6 +131,7 @@ class SIFlowBoost(MCMCKernel):
         self.flow = flow
         self.n_local = n_local
         self.learning = learning
+        self.proposal_density = check_proposal_density(proposal_density)
         self.learned: LearnedFlow | None = None
         self._starts_used = 0
 
@@ -255,7 +260,7 @@ class SIFlowBoost(MCMCKernel):
         )
 
     def _global_step(self, model_args, model_kwargs) -> Callable:
-        flow, inner_kernel = self.flow, self.inner_kernel
+        flow, inner_kernel, proposal_density = self.flow, self.inner_kernel, self.proposal_density
 
         def step(rng_key, previous_z, previous_log_q, inner_state):
             rng_key, key_proposal, key_accept = jax.random.split(rng_key, 3)
@@ -268,6 +273,7 @@ class SIFlowBoost(MCMCKernel):
             move = global_move(
                 key_proposal, key_accept, flow, inner_state, inner_state.z,
                 -inner_state.potential_energy, previous_z, previous_log_q, rebuild,
+                proposal_density,
             )
             return (move.state, move.proposal_logdensity, move.acceptance_rate,
                     move.is_accepted, move.failed, rng_key)
