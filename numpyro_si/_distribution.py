@@ -34,6 +34,7 @@ from ._solvers import (
     SDESampler,
     SolveInfo,
     SolverSettings,
+    map_points,
     ode_log_likelihood,
     ode_sample_log_likelihood,
     solve_ode,
@@ -253,7 +254,7 @@ class SIFlow(AbstractFlow, dist.Distribution):
         if standardization is not None:
             flat = standardization.forward(flat)
         indices = jnp.arange(flat.shape[0])
-        log_prob, info = jax.vmap(lambda y, i: self._flow_log_prob_one(y, t, i))(flat, indices)
+        log_prob, info = map_points(lambda y, i: self._flow_log_prob_one(y, t, i), flat, indices)
         if standardization is not None:
             log_prob = log_prob + standardization.log_abs_det_forward()
         # NaN in, NaN out (NumPyro's convention), not the -inf of a failed solve; a point at
@@ -282,14 +283,16 @@ class SIFlow(AbstractFlow, dist.Distribution):
         sampler = settings.sampler
         if isinstance(sampler, SDESampler):
             keys = jax.random.split(key, x0.shape[0])
-            ys, info = jax.vmap(
-                lambda y, k: solve_sde(fields, y, k, t0, t1, sampler=sampler, data_end=t1)
-            )(x0, keys)
+            ys, info = map_points(
+                lambda y, k: solve_sde(fields, y, k, t0, t1, sampler=sampler, data_end=t1),
+                x0, keys,
+            )
             return _checked_sde_draws(ys, info, sampler), info
-        ys, info = jax.vmap(
+        ys, info = map_points(
             lambda y: solve_ode(fields.velocity, y, t0, t1, method=sampler,
-                                rtol=settings.rtol, atol=settings.atol)
-        )(x0)
+                                rtol=settings.rtol, atol=settings.atol),
+            x0,
+        )
         ys = eqx.error_if(
             ys, ~info.succeeded[:, None],
             "SIFlow.sample: the ODE solver exhausted its step budget (max_steps); increase"
@@ -343,7 +346,7 @@ class SIFlow(AbstractFlow, dist.Distribution):
                 key=probe_key, rtol=settings.rtol, atol=settings.atol,
             )
 
-        y, log_prob, info = jax.vmap(one)(x0, jnp.arange(n))
+        y, log_prob, info = map_points(one, x0, jnp.arange(n))
         if self.standardization is not None:
             y = self.standardization.inverse(y)
             log_prob = log_prob + self.standardization.log_abs_det_forward()
@@ -372,10 +375,11 @@ class SIFlow(AbstractFlow, dist.Distribution):
         settings = self.settings
         sampler = settings.sampler if isinstance(settings.sampler, ODESampler) else ODESampler()
         flat = x.reshape(-1, self.dim)
-        ys, _ = jax.vmap(
+        ys, _ = map_points(
             lambda y: solve_ode(self.fields.velocity, y, t0, t1, method=sampler,
-                                rtol=settings.rtol, atol=settings.atol)
-        )(flat)
+                                rtol=settings.rtol, atol=settings.atol),
+            flat,
+        )
         return ys.reshape(x.shape)
 
     def push_forward(self, z: Float[ArrayLike, "... d"]) -> Float[Array, "... d"]:
@@ -408,9 +412,10 @@ class SIFlow(AbstractFlow, dist.Distribution):
         flat = x.reshape(-1, self.dim)
         keys = jax.random.split(key, flat.shape[0])
         data_end = self.interpolant.time_max
-        ys, info = jax.vmap(
-            lambda y, k: solve_sde(self.fields, y, k, t0, t1, sampler=sampler, data_end=data_end)
-        )(flat, keys)
+        ys, info = map_points(
+            lambda y, k: solve_sde(self.fields, y, k, t0, t1, sampler=sampler, data_end=data_end),
+            flat, keys,
+        )
         return _checked_sde_draws(ys, info, sampler).reshape(x.shape)
 
     def __repr__(self):

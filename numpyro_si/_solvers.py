@@ -495,6 +495,22 @@ def _solve_sde_fixed(fields, x, key, t0, t1, sign, sampler, data_end):
     return stochastic(x, 0.0, span), info
 
 
+#: Points per batch in `log_prob`, `sample` and the transports: a larger batch runs as a
+#: sequence of batches of this size (`jax.lax.map`), so memory stays bounded as the number of
+#: points grows; smaller batches are one `jax.vmap`.
+POINTS_PER_BATCH = 4096
+
+
+def map_points(fn: Callable, *xs: Array):
+    """`jax.vmap(fn)(*xs)` over the leading axis, in batches of `POINTS_PER_BATCH` points when
+    there are more. A point's result does not depend on the batching beyond float rounding (as
+    with any change of batch size, an adaptive solve can then take different steps, so results
+    agree to the solver's tolerance, not bit for bit)."""
+    if xs[0].shape[0] <= POINTS_PER_BATCH:
+        return jax.vmap(fn)(*xs)
+    return jax.lax.map(lambda args: fn(*args), xs, batch_size=POINTS_PER_BATCH)
+
+
 def ode_log_likelihood(
     velocity: Callable, base_log_prob: Callable, x: Float[Array, " d"], t: float, t_base: float,
     *, method: _ODESolve, divergence: AbstractDivergence, key: PRNGKeyArray | None,
