@@ -4,12 +4,14 @@ bounded; the results agree with one `jax.vmap` over all points to the solver's t
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import numpyro_si as nsi
 from numpyro_si import _solvers
 from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
 
 
+@pytest.mark.slow  # compiles the batched solves: `make test-all`
 def test_batched_results_match_one_vmap(monkeypatch):
     target = GaussianMixture(jnp.array([0.5, 0.5]), jnp.array([[-2.0, 0.0], [2.0, 1.0]]),
                              jnp.array([jnp.eye(2) * 0.3, jnp.eye(2) * 0.5]))

@@ -22,6 +22,7 @@ def mixture_flow():
     return nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=2)
 
 
+@pytest.mark.slow  # compiles every candidate map: `make test-all`
 def test_with_fast_map_takes_the_fewest_steps_within_the_distance():
     flow = mixture_flow()
     fast, report = flow.with_fast_map(max_distance=0.05, candidates=(1, 2, 4, 8))

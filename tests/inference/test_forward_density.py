@@ -28,6 +28,7 @@ def test_forward_log_q_is_the_exact_density_of_the_draw(x64):
     np.testing.assert_allclose(y, flow.sample(jax.random.key(0), (64,)), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # float64 solves of a network flow: `make test-all`
 def test_forward_log_q_with_standardisation_and_a_support(x64):
     data = jax.random.normal(jax.random.key(1), (200, 2)) * jnp.array([3.0, 0.2]) + 5.0
     flow = nsi.build_flow(jax.random.key(2), data).with_settings(rtol=1e-8, atol=1e-8)

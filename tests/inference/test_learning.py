@@ -58,6 +58,7 @@ def test_log_prior_and_log_likelihood_split_the_log_density():
                                rtol=1e-5)
 
 
+@pytest.mark.slow  # compiles a learning run and MCMC: kept out of the 15-minute fast suite; `make test-all`
 def test_boost_with_no_flow_learns_one_and_starts_where_learning_ended():
     kernel = SIFlowBoost(NUTS(scale_model), learning=FlowLearning(**TINY))
     assert kernel.flow is None
