@@ -1,3 +1,4 @@
+import gc
 import os
 
 # Two xdist workers share the two cores: one XLA CPU thread per worker avoids oversubscription
@@ -8,6 +9,20 @@ os.environ.setdefault(
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Drop JAX's compiled executables after each test module.
+
+    XLA's CPU backend maps three memory regions per compiled executable and keeps them while the
+    executable is cached: one worker running the whole suite compiles thousands, and crossing the
+    kernel's map limit (vm.max_map_count, 65530 by default) kills the worker. Modules share few
+    compiled programs, so clearing between modules costs little.
+    """
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
