@@ -142,7 +142,11 @@ def uninterrupted_process(tmp_path_factory):
     return np.load(folder / "reference.npz")
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
+@pytest.mark.parametrize("signal_number", [
+    # SIGINT (Ctrl-C, a clean stop) runs in the slow suite; SIGKILL, the harsher case, in both
+    pytest.param(signal.SIGINT, id="SIGINT", marks=pytest.mark.slow),
+    pytest.param(signal.SIGKILL, id="SIGKILL"),
+])
 def test_a_killed_process_resumes_bit_for_bit(tmp_path, signal_number, uninterrupted_process):
     """The run is a separate process, stopped by a signal once its checkpoint holds two rounds;
     a second process resumes it; it ends as one uninterrupted process does."""

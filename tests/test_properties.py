@@ -1170,6 +1170,8 @@ def test_supports_a_flow_cannot_serve_are_refused(data, name):
 # ----------------------------------------------------------------------------------------------
 
 
+# slow suite: tests/test_sde_noise_levels.py checks the default solve at each level in `make test`
+@pytest.mark.slow
 @examples(1.0)
 @example(eps=1e3, schedule="constant")
 @given(eps=st.sampled_from([5.0, 1e2, 1e3]), schedule=st.sampled_from(["constant", "decaying"]))

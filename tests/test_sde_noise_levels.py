@@ -54,9 +54,12 @@ def assert_on_the_modes(draws, target):
     np.testing.assert_allclose(weights, 1 / N_MODES, atol=WEIGHT_TOLERANCE)
 
 
+_SLOW = pytest.mark.slow  # levels between the fast suite's ones run in `make test-all`
+
+
 @pytest.mark.parametrize("eps", [
-    0.0, 0.5, 1.0, pytest.param(2.0, marks=pytest.mark.slow), 5.0, nsi.DecayingEps(1.0),
-    nsi.DecayingEps(5.0), nsi.ZeroEndsEps(5.0),
+    0.0, pytest.param(0.5, marks=_SLOW), 1.0, pytest.param(2.0, marks=_SLOW), 5.0,
+    nsi.DecayingEps(1.0), pytest.param(nsi.DecayingEps(5.0), marks=_SLOW), nsi.ZeroEndsEps(5.0),
 ], ids=str)
 def test_default_sde_solve_is_right_at_every_noise_level(flow, eps):
     flow, target = flow

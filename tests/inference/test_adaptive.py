@@ -228,7 +228,11 @@ class InterruptingBar:
     close = set_description
 
 
-@pytest.mark.parametrize("at, phase, draws", [(3, "warm-up", 0), (6, "production", 20)])
+@pytest.mark.parametrize("at, phase, draws", [
+    (3, "warm-up", 0),
+    # the same mechanism in the production phase: slow suite, to keep `make test` under 15 min
+    pytest.param(6, "production", 20, marks=pytest.mark.slow),
+])
 def test_ctrl_c_keeps_the_latest_flow_and_the_draws_made(monkeypatch, at, phase, draws):
     """Ctrl-C in the second warm-up round keeps the first round's flow; in production it keeps
     the whole production rounds run before it (here 2 of 10 transitions)."""
