@@ -56,6 +56,7 @@ from .._conditional import ConditionalSIFlow
 from .._constrained import ConstrainedSIFlow
 from .._distribution import SIFlow
 from .._solvers import HutchinsonDivergence, ODELikelihood, ODESampler, SDESampler
+from ._map_density import check_map_flow, map_log_density, map_sample_with_log_prob
 
 __all__ = [
     "IMHState", "IMHInfo", "init", "build_kernel", "as_top_level_api", "GlobalMove", "global_move",
@@ -99,10 +100,14 @@ class IMHInfo(NamedTuple):
     proposal_solver_steps: Int[Array, ""]
 
 
-def check_flow(flow: Proposal, *, constrained: bool = True) -> None:
+def check_flow(
+    flow: Proposal, *, constrained: bool = True, proposal_density: str = "backward"
+) -> None:
     """Raise unless `flow` gives an exact Metropolis-Hastings proposal: an `SIFlow` (or, with
     `constrained`, a `ConstrainedSIFlow`, whose positions are points of its support) with the ODE
-    sampler and an exact (non-random) divergence; warn if a solve has a fixed step count."""
+    sampler and an exact (non-random) divergence; warn if a solve has a fixed step count. With
+    `proposal_density="map"` the sampler must have a fixed step count instead (its map is
+    scored exactly) and the divergence is not used."""
     kinds = (SIFlow, ConstrainedSIFlow) if constrained else (SIFlow,)
     if isinstance(flow, ConditionalSIFlow):
         raise TypeError(
@@ -117,6 +122,9 @@ def check_flow(flow: Proposal, *, constrained: bool = True) -> None:
     if not isinstance(flow, kinds):
         names = " or ".join(kind.__name__ for kind in kinds)
         raise TypeError(f"flow must be a numpyro_si {names}, got {type(flow).__name__}.")
+    if proposal_density == "map":
+        check_map_flow(flow)
+        return
     if isinstance(flow.sampler, SDESampler):
         raise ValueError(
             "The independence MH proposal must be drawn with the probability-flow ODE: SDE draws"
@@ -158,18 +166,23 @@ def _flat_dim_check(position: PyTree, flow: Proposal) -> tuple[Array, Callable]:
 
 
 def flow_log_density(
-    flow: Proposal, position: PyTree
+    flow: Proposal, position: PyTree, proposal_density: str = "backward"
 ) -> tuple[Float[Array, ""], Bool[Array, ""]]:
-    """log q(position) with the flow's exact-divergence solve, and whether that solve failed."""
+    """log q(position) with the flow's exact-divergence solve (or, with `proposal_density="map"`,
+    the exact density of its fixed-step map), and whether it failed."""
     flat, _ = _flat_dim_check(position, flow)
+    if proposal_density == "map":
+        return map_log_density(flow, flat.reshape(flow.event_shape))
     log_q, info = flow.log_prob_with_info(flat.reshape(flow.event_shape))
     return log_q, ~info.succeeded
 
 
 #: How a proposal's log q is computed: `"backward"` (the default), a draw by the flow's ODE
 #: sampler and then `log_prob`'s backward solve from it; `"forward"`, one forward solve that
-#: integrates the divergence along the draw (`SIFlow.sample_with_log_prob`).
-PROPOSAL_DENSITIES = ("backward", "forward")
+#: integrates the divergence along the draw (`SIFlow.sample_with_log_prob`); `"map"`, a draw by
+#: the flow's fixed-step sampler scored with that map's exact density (Jacobian
+#: log-determinant; Newton inversion at other points: no solver-tolerance error in the ratio).
+PROPOSAL_DENSITIES = ("backward", "forward", "map")
 
 
 def check_proposal_density(proposal_density: str) -> str:
@@ -184,10 +197,14 @@ def flow_proposal(
     rng_key: PRNGKeyArray, flow: Proposal, unravel: Callable, proposal_density: str = "backward"
 ) -> tuple[PyTree, Float[Array, ""], Bool[Array, ""], Int[Array, ""]]:
     """One draw y ~ q and log q(y): by the flow's ODE sampler and then its backward solve
-    (`proposal_density="backward"`), or both from one forward solve (`"forward"`).
+    (`proposal_density="backward"`), or both from one forward solve (`"forward"`), or by the
+    fixed-step map and its exact density (`"map"`).
 
     Returns `(y, log q(y), failed, steps)`, y shaped like the chain position via `unravel`.
     """
+    if proposal_density == "map":
+        y, log_q, failed, steps = map_sample_with_log_prob(rng_key, flow)
+        return unravel(y.reshape(-1)), log_q, failed, jnp.asarray(steps)
     if proposal_density == "forward":
         y, log_q, info = flow.sample_with_log_prob(rng_key, ())
         return unravel(y.reshape(-1)), log_q, ~info.succeeded, info.num_steps
@@ -234,7 +251,7 @@ def global_move(
     current, unravel = _flat_dim_check(position, flow)
     log_q_x, failed_x = jax.lax.cond(
         jnp.any(previous != current),
-        lambda: flow_log_density(flow, position),
+        lambda: flow_log_density(flow, position, proposal_density),
         lambda: (previous_proposal_logdensity, ~jnp.isfinite(previous_proposal_logdensity)),
     )
     y, log_q_y, failed_y, _ = flow_proposal(key_proposal, flow, unravel, proposal_density)
@@ -257,7 +274,9 @@ def log_acceptance_ratio(
     return jnp.where(reject, -jnp.inf, log_ratio)
 
 
-def init(position: PyTree, logdensity_fn: Callable, flow: Proposal) -> IMHState:
+def init(
+    position: PyTree, logdensity_fn: Callable, flow: Proposal, proposal_density: str = "backward"
+) -> IMHState:
     """The chain state at `position`: evaluates log pi and log q there.
 
     **Arguments:**
@@ -266,12 +285,13 @@ def init(position: PyTree, logdensity_fn: Callable, flow: Proposal) -> IMHState:
     - `logdensity_fn`: log pi, the target's unnormalised log density of one position.
     - `flow`: the proposal, an `SIFlow` (or a `ConstrainedSIFlow`, positions on its support) with
       the ODE sampler and the exact divergence.
+    - `proposal_density`: how log q is computed (`PROPOSAL_DENSITIES`).
 
     **Returns:** an `IMHState`. If the flow's solve fails at `position`, its log q is -inf and
     the chain rejects every proposal from there (choose another start).
     """
-    check_flow(flow)
-    log_q, _ = flow_log_density(flow, position)
+    check_flow(flow, proposal_density=proposal_density)
+    log_q, _ = flow_log_density(flow, position, proposal_density)
     return IMHState(position, jnp.asarray(logdensity_fn(position)), log_q)
 
 
@@ -287,7 +307,7 @@ def build_kernel(proposal_density: str = "backward") -> Callable:
         rng_key: PRNGKeyArray, state: IMHState, logdensity_fn: Callable, flow: Proposal
     ) -> tuple[IMHState, IMHInfo]:
         """One independence MH step with the flow proposal."""
-        check_flow(flow)
+        check_flow(flow, proposal_density=proposal_density)
         key_proposal, key_accept = jax.random.split(rng_key)
         _, unravel = _flat_dim_check(state.position, flow)
         y, log_q_y, failed, steps = flow_proposal(key_proposal, flow, unravel, proposal_density)
@@ -314,16 +334,19 @@ def as_top_level_api(
     - `logdensity_fn`: log pi of one position (unnormalised).
     - `flow`: the proposal `SIFlow` (ODE sampler, exact divergence, tight `rtol`/`atol`; see the
       module docstring for the remaining solver error).
-    - `proposal_density`: `"backward"` (default: draw, then a backward density solve) or
+    - `proposal_density`: `"backward"` (default: draw, then a backward density solve),
       `"forward"` (draw and log q from one forward solve: cheaper, the same density to the
-      solver's tolerance).
+      solver's tolerance) or `"map"` (the flow's fixed-step sampling map and its exact density:
+      no solver-tolerance error; the flow needs a fixed-step sampler, e.g.
+      `flow.with_fast_map(key)`).
 
     **Returns:** `SamplingAlgorithm(init, step)` with `init(position) -> IMHState` and
     `step(rng_key, state) -> (IMHState, IMHInfo)`; jit `step` (or the whole `run_chain`) and
     `jax.vmap` it over keys and states for parallel chains.
     """
-    check_flow(flow)
-    kernel = build_kernel(check_proposal_density(proposal_density))
+    proposal_density = check_proposal_density(proposal_density)
+    check_flow(flow, proposal_density=proposal_density)
+    kernel = build_kernel(proposal_density)
     return build_sampling_algorithm(
-        kernel, init, logdensity_fn, init_args=(flow,), kernel_args=(flow,)
+        kernel, init, logdensity_fn, init_args=(flow, proposal_density), kernel_args=(flow,)
     )

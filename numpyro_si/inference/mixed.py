@@ -79,7 +79,8 @@ def _check_local_state(local_state) -> None:
 
 
 def init(
-    position: PyTree, logdensity_fn: Callable, flow: Proposal, local_init: Callable
+    position: PyTree, logdensity_fn: Callable, flow: Proposal, local_init: Callable,
+    proposal_density: str = "backward",
 ) -> MixedState:
     """The mixed chain's state at `position`.
 
@@ -90,14 +91,15 @@ def init(
     - `flow`: the proposal (an `SIFlow`, or a `ConstrainedSIFlow` for positions on its support;
       ODE sampler, exact divergence, tight tolerances).
     - `local_init`: `local_init(position) -> local state`, e.g. `blackjax.nuts(...).init`.
+    - `proposal_density`: how log q is computed (`independence.PROPOSAL_DENSITIES`).
 
     **Returns:** a `MixedState` (local state and log q at `position`).
     """
     del logdensity_fn  # the local state carries log pi
-    check_flow(flow)
+    check_flow(flow, proposal_density=proposal_density)
     local_state = local_init(position)
     _check_local_state(local_state)
-    log_q, _ = flow_log_density(flow, position)
+    log_q, _ = flow_log_density(flow, position, proposal_density)
     return MixedState(local_state, log_q)
 
 
@@ -108,8 +110,8 @@ def build_kernel(n_local: int = 1, proposal_density: str = "backward") -> Callab
 
     - `n_local`: local steps per transition (0 gives pure independence MH carrying the local
       state along).
-    - `proposal_density`: how log q of a flow proposal is computed (`"backward"` or
-      `"forward"`, see `independence.PROPOSAL_DENSITIES`).
+    - `proposal_density`: how log q of a flow proposal is computed (`"backward"`, `"forward"`
+      or `"map"`, see `independence.PROPOSAL_DENSITIES`).
 
     **Returns:** `kernel(rng_key, state, logdensity_fn, flow, local_step, local_init)
     -> (MixedState, MixedInfo)`, where `local_step(rng_key, local_state) -> (local_state, info)`
@@ -125,7 +127,7 @@ def build_kernel(n_local: int = 1, proposal_density: str = "backward") -> Callab
     ) -> tuple[MixedState, MixedInfo]:
         """One mixed transition."""
         del logdensity_fn  # log pi comes from the local states (`local_init` at the proposal)
-        check_flow(flow)
+        check_flow(flow, proposal_density=proposal_density)
         _check_local_state(state.local_state)
         key_local, key_proposal, key_accept = jax.random.split(rng_key, 3)
 
@@ -170,9 +172,10 @@ def as_top_level_api(
     - `n_local`: local steps before each global flow step.
     - `local_init`: `local_init(position) -> local state`; defaults to `local.init`. It is also
       how the local state is rebuilt at an accepted flow proposal.
-    - `proposal_density`: `"backward"` (default: a flow draw, then a backward density solve) or
+    - `proposal_density`: `"backward"` (default: a flow draw, then a backward density solve),
       `"forward"` (draw and log q from one forward solve: cheaper, the same density to the
-      solver's tolerance).
+      solver's tolerance) or `"map"` (the flow's fixed-step sampling map and its exact density:
+      no solver-tolerance error; needs a fixed-step sampler, e.g. `flow.with_fast_map(key)`).
 
     **Returns:** `SamplingAlgorithm(init, step)`: `init(position) -> MixedState`,
     `step(rng_key, state) -> (MixedState, MixedInfo)`.
@@ -185,7 +188,8 @@ def as_top_level_api(
     states, infos = run_chain(key, algo.step, algo.init(x0), 1000)
     ```
     """
-    check_flow(flow)
+    proposal_density = check_proposal_density(proposal_density)
+    check_flow(flow, proposal_density=proposal_density)
     if isinstance(local, SamplingAlgorithm):
         local_step, local_init = local.step, local_init or local.init
     elif callable(local):
@@ -199,8 +203,8 @@ def as_top_level_api(
         raise TypeError(
             f"local must be a blackjax SamplingAlgorithm or a step function, got {local!r}."
         )
-    kernel = build_kernel(n_local, check_proposal_density(proposal_density))
+    kernel = build_kernel(n_local, proposal_density)
     return build_sampling_algorithm(
-        kernel, init, logdensity_fn, init_args=(flow, local_init),
+        kernel, init, logdensity_fn, init_args=(flow, local_init, proposal_density),
         kernel_args=(flow, local_step, local_init),
     )

@@ -81,9 +81,12 @@ class SIFlowBoost(MCMCKernel):
       `FlowLearning()`: 16 chains from the prior, NUTS local steps, three rounds; `tempering=True`
       for modes the prior's draws do not reach directly).
     - `proposal_density`: how log q of a flow proposal is computed: `"backward"` (default: a
-      flow draw, then a backward density solve) or `"forward"` (draw and log q from one forward
+      flow draw, then a backward density solve), `"forward"` (draw and log q from one forward
       solve that integrates the divergence along it: one solve instead of two, the same density
-      to the solver's tolerance).
+      to the solver's tolerance) or `"map"` (the flow's fixed-step sampling map, scored with its
+      exact density: no solver-tolerance error in the acceptance ratio; a given flow needs a
+      fixed-step sampler, e.g. `flow.with_fast_map(key)`, and a learned one gets its
+      `with_fast_map` map).
 
     **With no flow**, the first `init` (at `mcmc.run`) runs `learn_flow` on the inner kernel's
     model and the run's model arguments (its own progress bar), freezes the flow
@@ -113,6 +116,7 @@ class SIFlowBoost(MCMCKernel):
             )
         if not (isinstance(n_local, int) and n_local >= 1):
             raise ValueError(f"n_local must be a positive int, got {n_local!r}.")
+        proposal_density = check_proposal_density(proposal_density)
         if flow is None:
             if getattr(inner_kernel, "model", None) is None:
                 raise ValueError(
@@ -126,12 +130,12 @@ class SIFlowBoost(MCMCKernel):
             if learning is not None:
                 raise ValueError("learning= configures how a flow is learned: pass a flow or"
                                  " learning, not both.")
-            check_flow(flow, constrained=False)
+            check_flow(flow, constrained=False, proposal_density=proposal_density)
         self.inner_kernel = inner_kernel
         self.flow = flow
         self.n_local = n_local
         self.learning = learning
-        self.proposal_density = check_proposal_density(proposal_density)
+        self.proposal_density = proposal_density
         self.learned: LearnedFlow | None = None
         self._starts_used = 0
 
@@ -193,7 +197,7 @@ class SIFlowBoost(MCMCKernel):
             )
 
         def log_q(z):
-            return flow_log_density(self.flow, z)[0]
+            return flow_log_density(self.flow, z, self.proposal_density)[0]
 
         log_q_z = jax.jit(jax.vmap(log_q) if vectorized else log_q)(inner_state.z)
         return self._state(inner_state, log_q_z, key_flow, vectorized)
@@ -236,6 +240,8 @@ class SIFlowBoost(MCMCKernel):
             dict(model_kwargs), learning=self.learning,
         )
         self.flow = self.learned.flow
+        if self.proposal_density == "map":  # the learned flow's checked fixed-step map
+            self.flow = self.flow.with_fast_map(jax.random.fold_in(rng_key, 0x3A9))
 
     def _learned_starts(self, n_chains):
         """The learning chains' final states: all chains at once (vectorized), or the next one
