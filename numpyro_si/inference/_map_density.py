@@ -45,7 +45,7 @@ def check_map_flow(flow) -> None:
         raise ValueError(
             "proposal_density='map' scores the flow's fixed-step sampling map exactly, but this"
             f" flow samples with {sampler!r}. Give it a fixed-step ODE sampler, e.g."
-            " flow.with_fast_map(key) or flow.with_settings(sampler=nsi.ODESampler("
+            " flow.with_fast_map(key)[0] or flow.with_settings(sampler=nsi.ODESampler("
             "diffrax.Midpoint(), n_steps=8))."
         )
 

@@ -338,7 +338,7 @@ def as_top_level_api(
       `"forward"` (draw and log q from one forward solve: cheaper, the same density to the
       solver's tolerance) or `"map"` (the flow's fixed-step sampling map and its exact density:
       no solver-tolerance error; the flow needs a fixed-step sampler, e.g.
-      `flow.with_fast_map(key)`).
+      `flow.with_fast_map(key)[0]`).
 
     **Returns:** `SamplingAlgorithm(init, step)` with `init(position) -> IMHState` and
     `step(rng_key, state) -> (IMHState, IMHInfo)`; jit `step` (or the whole `run_chain`) and

@@ -175,7 +175,7 @@ def as_top_level_api(
     - `proposal_density`: `"backward"` (default: a flow draw, then a backward density solve),
       `"forward"` (draw and log q from one forward solve: cheaper, the same density to the
       solver's tolerance) or `"map"` (the flow's fixed-step sampling map and its exact density:
-      no solver-tolerance error; needs a fixed-step sampler, e.g. `flow.with_fast_map(key)`).
+      no solver-tolerance error; needs a fixed-step sampler, e.g. `flow.with_fast_map(key)[0]`).
 
     **Returns:** `SamplingAlgorithm(init, step)`: `init(position) -> MixedState`,
     `step(rng_key, state) -> (MixedState, MixedInfo)`.

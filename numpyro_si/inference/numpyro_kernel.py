@@ -18,9 +18,11 @@ energy and gradient at the proposal (the inner kernel's `refresh`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
+import diffrax
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
@@ -28,7 +30,8 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, PyTree
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.util import is_prng_key
 
-from .._distribution import SIFlow
+from .._distribution import FAST_MAP_CANDIDATES, SIFlow
+from .._solvers import ODESampler
 from ._learning import FlowLearning, LearnedFlow, learn_flow
 from .independence import check_flow, check_proposal_density, flow_log_density, global_move
 
@@ -85,7 +88,7 @@ class SIFlowBoost(MCMCKernel):
       solve that integrates the divergence along it: one solve instead of two, the same density
       to the solver's tolerance) or `"map"` (the flow's fixed-step sampling map, scored with its
       exact density: no solver-tolerance error in the acceptance ratio; a given flow needs a
-      fixed-step sampler, e.g. `flow.with_fast_map(key)`, and a learned one gets its
+      fixed-step sampler, e.g. `flow.with_fast_map(key)[0]`, and a learned one gets its
       `with_fast_map` map).
 
     **With no flow**, the first `init` (at `mcmc.run`) runs `learn_flow` on the inner kernel's
@@ -240,8 +243,8 @@ class SIFlowBoost(MCMCKernel):
             dict(model_kwargs), learning=self.learning,
         )
         self.flow = self.learned.flow
-        if self.proposal_density == "map":  # the learned flow's checked fixed-step map
-            self.flow = self.flow.with_fast_map(jax.random.fold_in(rng_key, 0x3A9))
+        if self.proposal_density == "map":
+            self.flow = _fixed_step_map(self.flow, jax.random.fold_in(rng_key, 0x3A9))
 
     def _learned_starts(self, n_chains):
         """The learning chains' final states: all chains at once (vectorized), or the next one
@@ -285,6 +288,22 @@ class SIFlowBoost(MCMCKernel):
                     move.is_accepted, move.failed, rng_key)
 
         return step
+
+
+def _fixed_step_map(flow: SIFlow, key) -> SIFlow:
+    """The learned flow's `with_fast_map` map, or, if no candidate is within its distance, the
+    most steps it tries (the map's density is exact either way; a cruder map only accepts
+    less often)."""
+    fast, report = flow.with_fast_map(key)
+    if report["n_steps"] is None:
+        steps = max(FAST_MAP_CANDIDATES)
+        warnings.warn(
+            "No midpoint map within 0.05 sd of the learned flow's ODE map (RMS"
+            f" distances {report['distances']}); proposing with {steps} midpoint steps, scored"
+            " exactly: expect a lower flow acceptance.", stacklevel=4,
+        )
+        return flow.with_settings(sampler=ODESampler(diffrax.Midpoint(), n_steps=steps))
+    return fast
 
 
 def _field(state, name, default):

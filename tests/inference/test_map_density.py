@@ -125,3 +125,25 @@ def test_siflowboost_scores_a_given_map_and_refuses_an_adaptive_one(x64):
     assert x.shape == (40, 2) and bool(jnp.all(jnp.isfinite(x)))
     accepted = mcmc.get_extra_fields()["global_is_accepted"]
     assert bool(jnp.any(accepted))
+
+
+@pytest.mark.slow  # learns a flow, then a NumPyro MCMC run: `make test-all`
+def test_siflowboost_gives_a_learned_flow_its_fixed_step_map():
+    import numpyro
+    import numpyro.distributions as dist
+    from numpyro.infer import MCMC, NUTS
+
+    from numpyro_si.inference import FlowLearning
+
+    def model():
+        numpyro.sample("x", dist.Normal(jnp.array([1.0, -2.0]), 0.5).to_event(1))
+
+    learning = FlowLearning(n_chains=4, local="mala", n_local=2, n_rounds=2, n_steps=10,
+                            fit_steps=30, show_progress=False)
+    kernel = SIFlowBoost(NUTS(model), learning=learning, proposal_density="map")
+    mcmc = MCMC(kernel, num_warmup=10, num_samples=10, num_chains=2,
+                chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.key(0))  # a crude learned flow may warn that no map is close
+    sampler = kernel.flow.settings.sampler
+    assert isinstance(sampler, nsi.ODESampler) and sampler.n_steps is not None
+    assert bool(jnp.all(jnp.isfinite(mcmc.get_samples()["x"])))
