@@ -418,7 +418,8 @@ def note_lines(notes: dict, n_samples: int) -> list[str]:
             f" steps in {pm(column['si_seconds'], '.0f')} s, held-out NLL"
             f" {pm(column['si_nll'], '.3f')}; flowjax: {flowjax} (the lower NLL used, per seed:"
             f" {chosen}); 2000 held-out samples; prior SWD noise floor"
-            f" {pm(column['floor'], '.3f')}."
+            f" {pm(column['floor'], '.3f')}; midpoint steps `nsi.sample` chose, per seed:"
+            f" {', '.join(str(steps) for steps in column['auto_steps'])}."
         )
     return lines
 
