@@ -27,11 +27,13 @@ demo: install
 
 # Fast suite (< 15 min on 2 cores); slow statistical tests are marked `slow`. The property-based
 # tests (tests/test_properties.py) run a few examples each here and ten times as many in test-all.
+# `--dist worksteal` rebalances the two workers near the end, where one long test would otherwise
+# run alone.
 test: install
-	$(PY) -m pytest -q -n 2
+	$(PY) -m pytest -q -n 2 --dist worksteal
 
 test-all: install
-	NSI_HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -n 2 -m ""
+	NSI_HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -n 2 --dist worksteal -m ""
 
 # Fresh .venv-min on the dependency floors of pyproject.toml (.ci/min-constraints.txt): smoke check
 # and a fast test subset.
