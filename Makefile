@@ -48,6 +48,8 @@ bench: install-bench
 	$(PY) benchmarks/density.py
 	$(PY) benchmarks/mcmc.py
 	$(PY) benchmarks/priors.py
+	$(PY) benchmarks/no_draws.py
+	$(PY) benchmarks/global_move.py
 
 # The documentation site, built into site/ (a warning fails the build; the pages' code runs).
 docs: install

@@ -1,0 +1,199 @@
+"""Boosting a NumPyro model with no posterior draws, from chains all started in one mode:
+`MCMC(SIFlowBoost(NUTS(model)))` learning its flow (with and without tempering) against NUTS.
+
+Targets: NumPyro models whose posterior has two well-separated modes of known weights, a prior
+N(0, 5^2 I) in d dimensions times a two-mode likelihood factor at -c and +c (every coordinate of
+c is 3 sqrt(2 / d), so |c| = 3 sqrt(2) in every dimension) with weights 0.3 / 0.7 and standard
+deviation `sd` per coordinate. The prior is symmetric, so the posterior keeps the weights
+0.3 / 0.7 exactly; the barrier between the modes is about |c|^2 / (2 sd^2) nats (100 at sd 0.3,
+36 at sd 0.5).
+
+Every method's chains (and, for SIFlowBoost, its learning chains) start in the minor mode
+(-c plus N(0, 0.1^2) noise), the case where nothing but tempering or luck finds the other mode:
+
+- `NUTS`: NumPyro's NUTS, 4 chains, vectorized.
+- `SIFlowBoost, learned`: `SIFlowBoost(NUTS(model), learning=FlowLearning(start=one_mode))`:
+  the adaptive scheme from the one-mode starts, then NUTS plus frozen flow moves.
+- `SIFlowBoost, learned + tempering`: the same with `FlowLearning(tempering=True)` (prior x
+  likelihood^beta, beta = 0, 0.03, 0.1, 0.3, then 1).
+- `SIFlowBoost, learned from the prior`: the default `FlowLearning()` (learning chains from the
+  prior; the MCMC chains still start where learning ended).
+
+Reported per target and method (mean ± sd over seeds, and per seed): the major mode's weight
+estimate (truth 0.7) from all chains' draws, its absolute error, the number of chains that ever
+visited both modes, the target gradient evaluations of learning and of the MCMC run (NumPyro's
+`num_steps` of the sampling phase, plus one per flow move), and wall-clock seconds (learning
+and compilation included).
+
+Run: `.venv/bin/python benchmarks/no_draws.py` (3 seeds; about half an hour on 2 cores;
+`--quick` for a smoke run that writes nothing). The table goes to `docs/benchmarks.md` between
+`<!-- no-draws:start -->` and `<!-- no-draws:end -->`, results to
+`docs/figures/no_draws/results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.infer import MCMC, NUTS
+
+from numpyro_si.inference import FlowLearning, SIFlowBoost
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_io import write_docs_region, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "benchmarks.md"
+RESULTS = ROOT / "docs" / "figures" / "no_draws" / "results.json"
+START, END = "<!-- no-draws:start -->", "<!-- no-draws:end -->"
+WEIGHTS = (0.3, 0.7)
+TARGETS = {"two modes, 2-d, sd 0.3": (2, 0.3), "two modes, 6-d, sd 0.5": (6, 0.5)}
+METHODS = ("NUTS", "SIFlowBoost, learned", "SIFlowBoost, learned + tempering",
+           "SIFlowBoost, learned from the prior")
+N_CHAINS = 4
+
+
+def centre(dim):
+    return jnp.full(dim, 3.0 * np.sqrt(2.0 / dim))  # |c| = 3 sqrt(2) in every dimension
+
+
+def model(dim, sd):
+    x = numpyro.sample("x", dist.Normal(0.0, 5.0).expand([dim]).to_event(1))
+    c = centre(dim)
+    numpyro.factor("two_modes", jnp.logaddexp(
+        jnp.log(WEIGHTS[0]) - 0.5 * jnp.sum((x + c) ** 2) / sd**2,
+        jnp.log(WEIGHTS[1]) - 0.5 * jnp.sum((x - c) ** 2) / sd**2,
+    ))
+
+
+def in_major_mode(x):
+    """1 where a draw is nearer +c than -c: the sign of its projection on c."""
+    return (np.asarray(x) @ np.ones(x.shape[-1]) > 0).astype(float)
+
+
+def one_mode_starts(key, dim, n):
+    return {"x": -centre(dim) + 0.1 * jax.random.normal(key, (n, dim))}
+
+
+def run_method(method, seed, dim, sd, budget):
+    warmup, samples, learning_chains = budget
+    key = jax.random.key(seed)
+    key_start, key_learn_start, key_run = jax.random.split(key, 3)
+    starts = one_mode_starts(key_start, dim, N_CHAINS)
+    tic = time.perf_counter()
+    learning_evals = 0
+    if method == "NUTS":
+        kernel = NUTS(model)
+        init_params = starts
+    else:
+        learning = dict(n_chains=learning_chains, show_progress=False)
+        if method != "SIFlowBoost, learned from the prior":
+            learning["start"] = one_mode_starts(key_learn_start, dim, learning_chains)
+        if method == "SIFlowBoost, learned + tempering":
+            learning["tempering"] = True
+        kernel = SIFlowBoost(NUTS(model), learning=FlowLearning(**learning))
+        init_params = None  # the chains start where learning ended
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=samples, num_chains=N_CHAINS,
+                chain_method="vectorized", progress_bar=False)
+    # target gradients of the MCMC run: NUTS's leapfrog steps, plus one per flow move
+    steps_field = "num_steps" if method == "NUTS" else "inner_state.num_steps"
+    mcmc.run(key_run, dim, sd, init_params=init_params, extra_fields=(steps_field,))
+    x = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
+    seconds = time.perf_counter() - tic
+    if method != "NUTS":
+        result = kernel.learned.result
+        learning_evals = int(result.grad_evals_warmup + result.grad_evals_production)
+    major = in_major_mode(x)
+    num_steps = np.asarray(mcmc.get_extra_fields()[steps_field])
+    flow_moves = 0 if method == "NUTS" else num_steps.size
+    return {
+        "method": method, "seed": seed, "weight": float(major.mean()),
+        "error": abs(float(major.mean()) - WEIGHTS[1]),
+        "chains_both": int(np.sum((major.min(axis=1) == 0) & (major.max(axis=1) == 1))),
+        "learning_evals": learning_evals, "mcmc_evals": int(num_steps.sum()) + flow_moves,
+        "seconds": seconds,
+    }
+
+
+def pm(values, spec):
+    values = np.asarray(values, dtype=float)
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{format(values.mean(), spec)} ± {format(values.std(ddof=1), spec)}"
+
+
+def render(rows, seeds, budget, loads, command):
+    warmup, samples, learning_chains = budget
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()},"
+               f" jax {jax.__version__}, numpyro {numpyro.__version__}")
+    lines = [
+        "## Boosting with no draws, from chains all in one mode",
+        "",
+        f"Command: {command} (every row from this one run; seeds {seeds}, seeds outermost)."
+        f" Machine: {machine}; 1-minute load average {min(loads):.1f} to {max(loads):.1f}"
+        f" between rows. {N_CHAINS} chains, {warmup} warm-up and {samples} sampling iterations,"
+        f" vectorized; SIFlowBoost learns with {learning_chains} chains and `FlowLearning`'s"
+        " other defaults (NUTS local steps, three rounds). Every chain starts in the minor mode"
+        " (weight 0.3); the true weight of the other is 0.7. Cells: mean ± sd over the seeds,"
+        " then the per-seed values. The script's docstring has the set-up.",
+        "",
+        "| target | method | weight of the major mode (truth 0.7) | per seed | abs. error |"
+        " chains that visited both modes | gradients, learning | gradients, MCMC | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for target in TARGETS:
+        for method in METHODS:
+            group = [r for r in rows if r["target"] == target and r["method"] == method]
+            if not group:
+                continue
+            col = {k: [r[k] for r in group] for k in group[0]}
+            lines.append(
+                f"| {target} | {method} | {pm(col['weight'], '.3f')} |"
+                f" {', '.join(f'{w:.2f}' for w in col['weight'])} | {pm(col['error'], '.3f')} |"
+                f" {', '.join(str(c) for c in col['chains_both'])} of {N_CHAINS} |"
+                f" {pm(col['learning_evals'], '.0f')} | {pm(col['mcmc_evals'], '.0f')} |"
+                f" {pm(col['seconds'], '.0f')} |"
+            )
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny budgets; writes nothing")
+    parser.add_argument("--seeds", default="0,1,2")
+    args = parser.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    budget = (50, 50, 8) if args.quick else (500, 1000, 16)
+    rows, loads = [], [os.getloadavg()[0]]
+    for seed in seeds:
+        for index, (target, (dim, sd)) in enumerate(TARGETS.items()):
+            # a rotating order, so machine load falls on every method alike
+            order = METHODS[(seed + index) % len(METHODS):] + METHODS[:(seed + index) % len(METHODS)]
+            for method in order:
+                row = run_method(method, seed, dim, sd, budget)
+                row.update(target=target, load=os.getloadavg()[0])
+                loads.append(row["load"])
+                rows.append(row)
+                print(row, flush=True)
+    command = "`.venv/bin/python benchmarks/no_draws.py" + (
+        f" --seeds {args.seeds}`" if args.seeds != "0,1,2" else "`")
+    lines = render(rows, args.seeds, budget, loads, command)
+    print("\n".join(lines))
+    if args.quick:
+        return
+    write_json(RESULTS, {"rows": rows, "budget": budget, "seeds": seeds})
+    write_docs_region(OUT, START, END, lines)
+
+
+if __name__ == "__main__":
+    main()
