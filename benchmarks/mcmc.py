@@ -36,6 +36,14 @@ Targets (all with known answers; `TARGETS` below):
   moments vanish; E[mean_i phi_i^2] comes from a long within-mode NUTS reference (`PHI4_REF`;
   phi -> -phi maps one mode onto the other, so a within-mode chain gives the even moments).
 
+`--suite real` runs the same methods on models nobody here wrote, from the Inference Gym
+(`_gym_targets.py`; their published ground truths): `eight_schools` (centred eight schools,
+d = 10), `brownian_motion` (a Brownian motion with missing observations and unknown noise scales,
+d = 32), `stochastic_volatility` (S&P 500 returns, d = 103). They are
+scored on the first and second moments of every variable; the starting points are uniform on
+[-2, 2] in every unconstrained coordinate (NumPyro's `init_to_uniform`). Their rows go to
+`docs/figures/mcmc/results-real.json` and the region `<!-- mcmc-real:start -->`.
+
 Methods, all from the same initial points (spread over the modes), 16 chains unless said:
 
 - `nuts`: NumPyro NUTS (vectorised chains, default settings and warm-up).
@@ -85,6 +93,9 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 # the rows of the table's run (`read_store`)
 STORE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "mcmc" / "results.json"
 START, END = "<!-- mcmc:start -->", "<!-- mcmc:end -->"
+# the models of the Inference Gym (`--suite real`): their own store and docs region
+STORE_REAL = STORE.with_name("results-real.json")
+START_REAL, END_REAL = "<!-- mcmc-real:start -->", "<!-- mcmc-real:end -->"
 N_CHAINS = 16
 
 # E[mean_i phi_i^2] of the phi^4 target, its standard error, and how it was obtained.
@@ -245,6 +256,29 @@ TARGETS = {
     "dualmoon5": dualmoon_target,
     "phi4": phi4_target,
 }
+
+
+def gym_target(target_id: str) -> Callable[[], Target]:
+    def build() -> Target:
+        from _gym_targets import gym_parts
+
+        parts = gym_parts(target_id)
+        dim = parts.pop("dim")
+
+        def init(key, n):  # NumPyro's init_to_uniform: U(-2, 2) per unconstrained coordinate
+            return jax.random.uniform(key, (n, dim), minval=-2.0, maxval=2.0)
+
+        return Target(name=target_id, dim=dim, init=init, modes=None, weights=None, **parts)
+
+    return build
+
+
+REAL_TARGETS = {name: gym_target(name) for name in
+                ("eight_schools", "brownian_motion", "stochastic_volatility")}
+# every target by name; the synthetic ones first, so their keys (`run_row`) are unchanged
+ALL_TARGETS = {**TARGETS, **REAL_TARGETS}
+SUITES = {"synthetic": (TARGETS, STORE, START, END),
+          "real": (REAL_TARGETS, STORE_REAL, START_REAL, END_REAL)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -832,7 +866,7 @@ def machine() -> str:
 def run_row(store: dict, run_id: str, seed: int, t_index: int, name: str, method: str,
             budget: Budget) -> dict | None:
     """Run one method on one target with one seed; the row, also appended to `store`."""
-    target = TARGETS[name]()
+    target = ALL_TARGETS[name]()
     key = jax.random.fold_in(jax.random.key(seed), t_index)
     x0 = target.init(jax.random.fold_in(key, 0), N_CHAINS)
     m_index = list(METHODS).index(method)
@@ -872,7 +906,7 @@ def run_all(store: dict, run: dict, budget: Budget, write) -> None:
     target's methods in an order rotated by seed and target, so load hits every method alike."""
     for seed in run["seeds"]:
         for name in run["targets"]:
-            t_index = list(TARGETS).index(name)
+            t_index = list(ALL_TARGETS).index(name)
             methods = run["methods"]
             shift = (seed + t_index) % len(methods)
             for method in methods[shift:] + methods[:shift]:
@@ -891,7 +925,7 @@ def render(store: dict, budget: Budget, allow_mixed: bool = False) -> list[str]:
         f"`{r['command']}` (run {r['id']}, started {r['started']}"
         + (f", resumed {', '.join(r['resumed'])}" if r["resumed"] else "") + ")" for r in runs)
     seeds = sorted({row["seed"] for row in store["rows"]})
-    targets = [t for t in TARGETS if any((t, m) in stats for m in METHODS)]
+    targets = [t for t in ALL_TARGETS if any((t, m) in stats for m in METHODS)]
     return [
         f"Command: {commands}. Machine: {runs[-1]['machine']}. Every row below comes from this"
         f" {'run' if len(runs) == 1 else 'set of runs'}: seeds {', '.join(map(str, seeds))},"
@@ -917,8 +951,9 @@ def render(store: dict, budget: Budget, allow_mixed: bool = False) -> list[str]:
     ]
 
 
-def write_region(out: Path, lines: list[str]) -> None:
-    write_docs_region(out, START, END, lines)
+def write_region(out: Path, lines: list[str], suite: str = "synthetic") -> None:
+    _, _, start, end = SUITES[suite]
+    write_docs_region(out, start, end, lines)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -951,7 +986,10 @@ def phi4_reference(key, n_chains=16, n_warmup=1000, n_draws=20_000):
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small budgets; writes nothing")
-    parser.add_argument("--targets", default=",".join(TARGETS))
+    parser.add_argument("--suite", choices=tuple(SUITES), default="synthetic",
+                        help="the synthetic targets, or the Inference Gym's models (`real`)")
+    parser.add_argument("--targets", default=None,
+                        help="comma-separated subset of the suite's targets (default: all)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (3 or more)")
     parser.add_argument("--resume", action="store_true",
@@ -964,7 +1002,10 @@ def parse(argv):
     parser.add_argument("--phi4-reference", action="store_true",
                         help="compute the phi^4 second-moment reference and exit")
     args = parser.parse_args(argv)
-    for option, known in (("targets", TARGETS), ("methods", METHODS)):
+    suite_targets = SUITES[args.suite][0]
+    if args.targets is None:
+        args.targets = ",".join(suite_targets)
+    for option, known in (("targets", suite_targets), ("methods", METHODS)):
         for name in getattr(args, option).split(","):
             if name not in known:
                 parser.error(f"unknown {option[:-1]} {name!r}; choose from {', '.join(known)}")
@@ -972,8 +1013,10 @@ def parse(argv):
 
 
 def command_line(args) -> str:
+    suite_targets = SUITES[args.suite][0]
     return ".venv/bin/python benchmarks/mcmc.py" + (" --quick" if args.quick else "") + (
-        f" --targets {args.targets}" if args.targets != ",".join(TARGETS) else "") + (
+        f" --suite {args.suite}" if args.suite != "synthetic" else "") + (
+        f" --targets {args.targets}" if args.targets != ",".join(suite_targets) else "") + (
         f" --methods {args.methods}" if args.methods != ",".join(METHODS) else "") + (
         f" --seeds {args.seeds}" if args.seeds != "0,1,2" else "")
 
@@ -988,12 +1031,13 @@ def main(argv=None):
         return
     budget = QUICK if args.quick else FULL
     writes = not (args.quick or args.no_write)
-    store = read_store() if writes else {"schema": 2, "runs": {}, "rows": []}
+    store_path = SUITES[args.suite][1]
+    store = read_store(store_path) if writes else {"schema": 2, "runs": {}, "rows": []}
 
     def write(store):
         if writes:
-            save_store(store)
-            write_region(DEFAULT_OUT, render(store, budget, args.allow_mixed_runs))
+            save_store(store, store_path)
+            write_region(DEFAULT_OUT, render(store, budget, args.allow_mixed_runs), args.suite)
 
     if args.render_only:
         write(store)

@@ -135,3 +135,17 @@ def test_score_counts_mode_switches_per_chain():
     samples[0] = [[-3, -3], [3, 3], [-3, -3], [-3, -3]]  # 2 switches
     samples[1] = [[3, 3]] * 4  # none
     assert mcmc.score(target, samples, 100, 1.0)["mode switches"] == 1.0
+
+
+def test_the_real_suite_has_its_own_store_region_and_targets():
+    synthetic, real = mcmc.parse([]), mcmc.parse(["--suite", "real"])
+    assert synthetic.targets == ",".join(mcmc.TARGETS)
+    assert real.targets == "eight_schools,brownian_motion,stochastic_volatility"
+    assert "--suite real" in mcmc.command_line(real)
+    assert "--suite" not in mcmc.command_line(synthetic)
+    targets, store, start, end = mcmc.SUITES["real"]
+    assert store != mcmc.STORE and (start, end) != (mcmc.START, mcmc.END)
+    # the synthetic targets keep their indices, hence their keys, in the combined list
+    assert list(mcmc.ALL_TARGETS)[: len(mcmc.TARGETS)] == list(mcmc.TARGETS)
+    with pytest.raises(SystemExit):
+        mcmc.parse(["--suite", "real", "--targets", "gmm2"])  # not a target of that suite
