@@ -18,6 +18,11 @@ Every method's chains (and, for SIFlowBoost, its learning chains) start in the m
   likelihood^beta, beta = 0, 0.03, 0.1, 0.3, then 1).
 - `SIFlowBoost, learned from the prior`: the default `FlowLearning()` (learning chains from the
   prior; the MCMC chains still start where learning ended).
+- `NeuTra` and `flowMC` (its dual-moon tutorial's settings): the peers as `benchmarks/mcmc.py`
+  runs them (`run_neutra`, `run_flowmc("flowmc")`, its full budget and 16 chains, all started in
+  the minor mode; NeuTra's guide is fitted by SVI from its own initialisation, its NUTS chains
+  start at the starts' pre-images). flowMC's own parallel-tempering bundle is left to the MCMC
+  table.
 
 Reported per target and method (mean ± sd over seeds, and per seed): the major mode's weight
 estimate (truth 0.7) from all chains' draws, its absolute error, the number of chains that ever
@@ -59,7 +64,7 @@ START, END = "<!-- no-draws:start -->", "<!-- no-draws:end -->"
 WEIGHTS = (0.3, 0.7)
 TARGETS = {"two modes, 2-d, sd 0.3": (2, 0.3), "two modes, 6-d, sd 0.5": (6, 0.5)}
 METHODS = ("NUTS", "SIFlowBoost, learned", "SIFlowBoost, learned + tempering",
-           "SIFlowBoost, learned from the prior")
+           "SIFlowBoost, learned from the prior", "NeuTra", "flowMC")
 N_CHAINS = 4
 
 
@@ -85,12 +90,44 @@ def one_mode_starts(key, dim, n):
     return {"x": -centre(dim) + 0.1 * jax.random.normal(key, (n, dim))}
 
 
+def run_peer(method, key_start, key_run, dim, sd, quick):
+    """NeuTra or flowMC through benchmarks/mcmc.py's runners, on this model's log density."""
+    import mcmc
+
+    def logdensity(x):
+        c = centre(dim)
+        return jnp.sum(dist.Normal(0.0, 5.0).log_prob(x)) + jnp.logaddexp(
+            jnp.log(WEIGHTS[0]) - 0.5 * jnp.sum((x + c) ** 2) / sd**2,
+            jnp.log(WEIGHTS[1]) - 0.5 * jnp.sum((x - c) ** 2) / sd**2,
+        )
+
+    target = mcmc.Target(
+        name="two modes", dim=dim, logdensity=logdensity,
+        init=lambda key, n: one_mode_starts(key, dim, n)["x"], modes=None, weights=None,
+        first=lambda x: x, first_truth=np.zeros(dim), first_sd=np.ones(dim),
+        second=lambda x: x**2, second_truth=np.ones(dim))
+    x0 = target.init(key_start, mcmc.N_CHAINS)
+    run = mcmc.run_neutra if method == "NeuTra" else mcmc.run_flowmc("flowmc")
+    draws, evals, _ = run(key_run, target, x0, mcmc.QUICK if quick else mcmc.FULL)
+    return np.asarray(draws), evals
+
+
 def run_method(method, seed, dim, sd, budget):
     warmup, samples, learning_chains = budget
     key = jax.random.key(seed)
     key_start, key_learn_start, key_run = jax.random.split(key, 3)
     starts = one_mode_starts(key_start, dim, N_CHAINS)
     tic = time.perf_counter()
+    if method in ("NeuTra", "flowMC"):
+        x, evals = run_peer(method, key_start, key_run, dim, sd, quick=warmup < 100)
+        major = in_major_mode(x)
+        return {
+            "method": method, "seed": seed, "weight": float(major.mean()),
+            "error": abs(float(major.mean()) - WEIGHTS[1]),
+            "chains_both": int(np.sum((major.min(axis=1) == 0) & (major.max(axis=1) == 1))),
+            "n_chains": int(x.shape[0]), "learning_evals": 0, "mcmc_evals": int(evals),
+            "seconds": time.perf_counter() - tic,
+        }
     learning_evals = 0
     if method == "NUTS":
         kernel = NUTS(model)
@@ -120,6 +157,7 @@ def run_method(method, seed, dim, sd, budget):
         "method": method, "seed": seed, "weight": float(major.mean()),
         "error": abs(float(major.mean()) - WEIGHTS[1]),
         "chains_both": int(np.sum((major.min(axis=1) == 0) & (major.max(axis=1) == 1))),
+        "n_chains": N_CHAINS,
         "learning_evals": learning_evals, "mcmc_evals": int(num_steps.sum()) + flow_moves,
         "seconds": seconds,
     }
@@ -141,14 +179,17 @@ def render(rows, seeds, budget, loads, command):
         "",
         f"Command: {command} (every row from this one run; seeds {seeds}, seeds outermost)."
         f" Machine: {machine}; 1-minute load average {min(loads):.1f} to {max(loads):.1f}"
-        f" between rows. {N_CHAINS} chains, {warmup} warm-up and {samples} sampling iterations,"
-        f" vectorized; SIFlowBoost learns with {learning_chains} chains and `FlowLearning`'s"
-        " other defaults (NUTS local steps, three rounds). Every chain starts in the minor mode"
-        " (weight 0.3); the true weight of the other is 0.7. Cells: mean ± sd over the seeds,"
+        f" between rows. NUTS and SIFlowBoost: {N_CHAINS} chains, {warmup} warm-up and"
+        f" {samples} sampling iterations, vectorized; SIFlowBoost learns with {learning_chains}"
+        " chains and `FlowLearning`'s other defaults (NUTS local steps, three rounds). NeuTra"
+        " and flowMC: as in the MCMC table's budget and peer-settings tables. Every chain"
+        " starts in the minor mode (weight 0.3); the true weight of the other is 0.7. Cells:"
+        " mean ± sd over the seeds,"
         " then the per-seed values. The script's docstring has the set-up.",
         "",
         "| target | method | weight of the major mode (truth 0.7) | per seed | abs. error |"
-        " chains that visited both modes | gradients, learning | gradients, MCMC | seconds |",
+        " chains that visited both modes | gradients, learning | gradients, MCMC (peers: the"
+        " whole run) | seconds |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for target in TARGETS:
@@ -160,7 +201,7 @@ def render(rows, seeds, budget, loads, command):
             lines.append(
                 f"| {target} | {method} | {pm(col['weight'], '.3f')} |"
                 f" {', '.join(f'{w:.2f}' for w in col['weight'])} | {pm(col['error'], '.3f')} |"
-                f" {', '.join(str(c) for c in col['chains_both'])} of {N_CHAINS} |"
+                f" {', '.join(str(c) for c in col['chains_both'])} of {col['n_chains'][0]} |"
                 f" {pm(col['learning_evals'], '.0f')} | {pm(col['mcmc_evals'], '.0f')} |"
                 f" {pm(col['seconds'], '.0f')} |"
             )
