@@ -45,3 +45,12 @@ def update_npz(path: Path, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarra
     stored.update(arrays)
     write_atomically(path, lambda f: np.savez_compressed(f, **stored))
     return stored
+
+
+def mean_sd(values, spec: str) -> str:
+    """"mean ± sd" of `values` (the sample standard deviation, over seeds), formatted with
+    `spec`; the value alone when there is one."""
+    values = np.asarray(values, dtype=float)
+    if len(values) == 1:
+        return format(values[0], spec)
+    return f"{format(values.mean(), spec)} ± {format(values.std(ddof=1), spec)}"

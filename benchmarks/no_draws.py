@@ -55,6 +55,7 @@ from numpyro.infer import MCMC, NUTS
 from numpyro_si.inference import FlowLearning, SIFlowBoost
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_io import mean_sd as pm  # noqa: E402
 from _bench_io import write_docs_region, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,12 +163,6 @@ def run_method(method, seed, dim, sd, budget):
         "seconds": seconds,
     }
 
-
-def pm(values, spec):
-    values = np.asarray(values, dtype=float)
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{format(values.mean(), spec)} ± {format(values.std(ddof=1), spec)}"
 
 
 def render(rows, seeds, budget, loads, command):

@@ -72,6 +72,7 @@ from numpyro.infer.util import initialize_model
 import numpyro_si as nsi
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_io import mean_sd as pm  # noqa: E402
 from _bench_io import write_docs_region  # noqa: E402
 from _density_methods import fit_siflow  # noqa: E402
 
@@ -375,12 +376,6 @@ def run_scenario(index, scenario, seed, settings) -> tuple[list[dict], dict]:
         rows.append(row)
     return rows, note
 
-
-def pm(values, spec: str) -> str:
-    values = np.asarray(values, dtype=float)
-    if len(values) == 1:
-        return format(values[0], spec)
-    return f"{format(values.mean(), spec)} ± {format(values.std(ddof=1), spec)}"
 
 
 def table_rows(rows: list[dict]) -> list[str]:
