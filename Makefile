@@ -50,6 +50,7 @@ bench: install-bench
 	$(PY) benchmarks/priors.py
 	$(PY) benchmarks/no_draws.py
 	$(PY) benchmarks/global_move.py
+	$(PY) benchmarks/scaling.py
 
 # The documentation site, built into site/ (a warning fails the build; the pages' code runs).
 docs: install
