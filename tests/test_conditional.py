@@ -186,6 +186,7 @@ def test_with_fixed_step_likelihood_checks_every_pair(x64):
         conditional.with_fixed_step_likelihood(theta, y, max_error=0.0)
 
 
+@pytest.mark.slow  # the unconditional and constrained cases run in `make test`
 def test_with_fixed_step_likelihood_conditional_on_a_support():
     net = nsi.FieldMLP(2, context_dim=3, width=8, depth=1, key=jax.random.key(0))
     positive = nsi.ConditionalSIFlow(nsi.OneSidedLinearInterpolant(), net, context_dim=3,

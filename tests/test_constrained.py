@@ -277,6 +277,7 @@ def test_nuts_with_a_positive_prior(route):
 # ----------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the same check on the plain flow runs in `make test`
 def test_with_fixed_step_likelihood_on_a_support(x64):
     """The check runs on the unconstrained images: the chosen solve is the one the inner flow
     would choose, its errors are those of the constrained log_prob, the support is kept."""

@@ -95,6 +95,7 @@ def test_state_stays_consistent_across_global_moves(x64):
                                proposal.log_prob(positions), rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # independence's failed-density test covers the shared move in `make test`
 def test_failed_flow_density_rejects_global_moves_only(x64):
     target, _, flow = mixture_problem()
     bad_flow = flow.with_settings(likelihood=nsi.ODELikelihood(max_steps=2))
