@@ -158,7 +158,7 @@ def map_sample_with_log_prob(
     key: PRNGKeyArray, flow
 ) -> tuple[Array, Float[Array, ""], Bool[Array, ""], int]:
     """One draw x = T_K(z) of the flow and its exact log q_K(x); returns `(x, log q, failed,
-    steps)` (failed where the map's Jacobian determinant is not positive)."""
+    steps)` (failed where a step's Jacobian determinant is not positive)."""
     inner = _inner(flow)
     z = inner.base.sample(key)
     y, positive, log_abs_det = _forward(inner, z)
@@ -170,7 +170,7 @@ def map_sample_with_log_prob(
 
 def map_log_density(flow, x: Array) -> tuple[Float[Array, ""], Bool[Array, ""]]:
     """log q_K(x) at any point x (shape `flow.event_shape`) and whether it failed: T_K inverted
-    by Newton's method from the fixed-step backward solve."""
+    one step at a time (`_inverse`), then scored at the base point found."""
     inner = _inner(flow)
     if isinstance(flow, ConstrainedSIFlow):
         y, log_jacobian = flow.inverse_with_log_jacobian(x)
