@@ -6,6 +6,7 @@ from ._checkpoint import Checkpoint
 from ._checks import check_data
 from ._conditional import ConditionalSIFlow, ConditionedField
 from ._constrained import ConstrainedSIFlow
+from ._devices import data_mesh
 from ._distribution import SIFlow
 from ._dynamics import (
     AbstractEps,

@@ -19,6 +19,7 @@ import lineax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ._checks import check_positive_int, check_real, reject_unknown
+from ._devices import mesh_size, points_axis, split_leading
 from ._dynamics import AbstractEps, DecayingEps, Fields, as_eps
 
 
@@ -505,7 +506,28 @@ def map_points(fn: Callable, *xs: Array):
     """`jax.vmap(fn)(*xs)` over the leading axis, in batches of `POINTS_PER_BATCH` points when
     there are more. A point's result does not depend on the batching beyond float rounding (as
     with any change of batch size, an adaptive solve can then take different steps, so results
-    agree to the solver's tolerance, not bit for bit)."""
+    agree to the solver's tolerance, not bit for bit).
+
+    Under a one-axis device mesh (`with jax.set_mesh(nsi.data_mesh()):`), the points are split over the
+    mesh's devices (each maps its share in batches as above) and the results are laid out over
+    them; a number of points that the devices do not divide is padded with copies of the first
+    point, whose results are dropped (the results are then replicated). Fewer points than
+    devices (e.g. one chain's point, when chains are split) run as without a mesh."""
+    axis = points_axis()
+    n, k = xs[0].shape[0], mesh_size()
+    if axis is None or n < k:  # fewer points than devices: e.g. one chain's point under vmap
+        return _map_local(fn, *xs)
+    pad = (-n) % k
+    if pad:
+        xs = tuple(jnp.concatenate([x, jnp.broadcast_to(x[:1], (pad,) + x.shape[1:])])
+                   for x in xs)
+    # (n, ...) -> (k, n / k, ...) with the device axis split; each device maps its share
+    shares = [split_leading(x.reshape((k, -1) + x.shape[1:]), axis) for x in xs]
+    out = jax.vmap(lambda *share: _map_local(fn, *share))(*shares)
+    return jax.tree.map(lambda a: a.reshape((n + pad,) + a.shape[2:])[:n], out)
+
+
+def _map_local(fn: Callable, *xs: Array):
     if xs[0].shape[0] <= POINTS_PER_BATCH:
         return jax.vmap(fn)(*xs)
     return jax.lax.map(lambda args: fn(*args), xs, batch_size=POINTS_PER_BATCH)

@@ -26,6 +26,7 @@ from ._checkpoint import Checkpoint, as_checkpoint, fingerprint, read_checkpoint
 from ._checks import check_data, check_positive_int, check_real, reject_unknown
 from ._conditional import ConditionalSIFlow, ConditionedField
 from ._constrained import ConstrainedSIFlow
+from ._devices import points_axis, split_leading
 from ._distribution import SIFlow, is_standard_normal
 from ._dynamics import Fields
 from ._flow import AbstractFlow
@@ -291,6 +292,9 @@ def _batch_loss_fn(interpolant, base_sample, objective: Objective) -> Callable:
         return total
 
     def batch_loss(networks, key, batch):
+        axis = points_axis()
+        if axis is not None:  # data parallel: the batch split over the mesh, networks replicated
+            batch = jax.tree.map(lambda a: split_leading(a, axis), batch)
         x1, context = batch
         key_time, key_coupling = jax.random.split(key)
         t, weight = objective.time_sampler.sample(key_time, x1.shape[0], dtype=x1.dtype)
@@ -691,6 +695,10 @@ def train(
 
     Ctrl-C stops training between rounds and returns the best flow so far
     (`history.interrupted`), saved to the checkpoint if there is one.
+
+    Under `with jax.set_mesh(nsi.data_mesh()):` each batch is split over the mesh's devices
+    with the parameters replicated (data parallel); the same key gives the one-device result
+    up to the order of float sums.
 
     `plan_steps` gives the layout (steps per epoch, rounds) a run will have.
     """

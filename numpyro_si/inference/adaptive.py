@@ -71,6 +71,7 @@ from tqdm.auto import tqdm
 
 from .._build import build_flow
 from .._checks import check_positive_int, check_real, reject_unknown
+from .._devices import points_axis, split_leading
 from .._distribution import SIFlow
 from .._interpolants import LinearInterpolant, OneSidedLinearInterpolant
 from .._networks import FieldMLPSpec
@@ -612,8 +613,10 @@ def _rounds(spec: _Local, target: Callable, n_chains, dim, dtype, n_local, n_rou
 
     # The same compiled round serves warm-up (step size adapted) and production (`adapt` False:
     # the step size stays at the frozen value), so the mixed kernel is compiled once.
-    local_round = jax.jit(lambda s, da, k, beta: sampling_round(s, da, k, True, None, beta))
-    flow_round = jax.jit(sampling_round)
+    local_round = jax.jit(_spread_chains(
+        lambda s, da, k, beta: sampling_round(s, da, k, True, None, beta)
+    ))
+    flow_round = jax.jit(_spread_chains(sampling_round))
 
     @jax.jit
     def attach_flow(local_states, flow):
@@ -625,6 +628,24 @@ def _rounds(spec: _Local, target: Callable, n_chains, dim, dtype, n_local, n_rou
         return jax.vmap(spec.make(target(beta), step).init)(positions)
 
     return _Rounds(local_round, flow_round, attach_flow, init)
+
+
+def _spread_chains(round_fn: Callable) -> Callable:
+    """`round_fn(states, *args)` with the chains (the leading axis of `states`) split over the
+    devices of the current one-axis mesh (`jax.set_mesh`); unchanged without one."""
+
+    def spread(states, *args):
+        axis = points_axis()
+        if axis is None:
+            return round_fn(states, *args)
+
+        def split_round(states, *args):
+            states = jax.tree.map(lambda a: split_leading(a, axis), states)
+            return round_fn(states, *args)
+
+        return split_round(states, *args)
+
+    return spread
 
 
 def _round_family(spec, logdensity_fn, tempering, *round_options) -> Callable:
