@@ -1,11 +1,21 @@
 import gc
 import os
+from pathlib import Path
 
 # Two xdist workers share the two cores: one XLA CPU thread per worker avoids oversubscription
 # (export XLA_FLAGS yourself to override).
 os.environ.setdefault(
     "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 )
+
+# JAX's persistent compilation cache, shared by the two workers and the subprocesses the tests
+# start (snippets, devices): a program compiled once is loaded from disk when another module (after
+# `_free_compiled_code`) or process compiles it again. Set before jax is imported; the directory
+# is in .gitignore, so a fresh clone starts with an empty cache.
+_CACHE = Path(__file__).resolve().parents[1] / ".jax_cache"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(_CACHE))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
