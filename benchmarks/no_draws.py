@@ -39,6 +39,7 @@ Run: `.venv/bin/python benchmarks/no_draws.py` (3 seeds; about half an hour on 2
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -207,27 +208,49 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny budgets; writes nothing")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the stored run (its rows are kept, the rest measured)")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     budget = (50, 50, 8) if args.quick else (500, 1000, 16)
-    rows, loads = [], [os.getloadavg()[0]]
+    run = {"run": time.strftime("%Y%m%dT%H%M%S"), "rows": [], "budget": list(budget),
+           "seeds": seeds, "complete": False}
+    if args.resume:
+        stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        if stored.get("complete", True) or stored.get("seeds") != seeds or (
+                stored.get("budget") != list(budget)):
+            raise SystemExit(f"--resume: {RESULTS} holds no unfinished run with these seeds")
+        run = stored
+    rows = run["rows"]
+    done = {(row["target"], row["seed"], row["method"]) for row in rows}
+    loads = [os.getloadavg()[0], *(row["load"] for row in rows)]
     for seed in seeds:
         for index, (target, (dim, sd)) in enumerate(TARGETS.items()):
             # a rotating order, so machine load falls on every method alike
             order = METHODS[(seed + index) % len(METHODS):] + METHODS[:(seed + index) % len(METHODS)]
             for method in order:
+                if (target, seed, method) in done:
+                    continue
                 row = run_method(method, seed, dim, sd, budget)
                 row.update(target=target, load=os.getloadavg()[0])
                 loads.append(row["load"])
                 rows.append(row)
                 print(row, flush=True)
+                if not args.quick:  # kept as it goes, so a crash loses one row (--resume)
+                    write_json(RESULTS, run)
+                # every run compiles afresh; a long process accumulates compiled code until
+                # LLVM cannot map more ("Cannot allocate memory"), so drop it between rows
+                jax.clear_caches()
     command = "`.venv/bin/python benchmarks/no_draws.py" + (
         f" --seeds {args.seeds}`" if args.seeds != "0,1,2" else "`")
+    if args.resume:
+        command += f" (run {run['run']}, continued with `--resume`)"
     lines = render(rows, args.seeds, budget, loads, command)
     print("\n".join(lines))
     if args.quick:
         return
-    write_json(RESULTS, {"rows": rows, "budget": budget, "seeds": seeds})
+    run["complete"] = True
+    write_json(RESULTS, run)
     write_docs_region(OUT, START, END, lines)
 
 
