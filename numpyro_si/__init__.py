@@ -71,6 +71,7 @@ from ._training import (
     StoppingState,
     TrainHistory,
     Validation,
+    batches,
     default_optimizer,
     ema_update,
     plan_steps,

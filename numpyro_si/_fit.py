@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import equinox as eqx
 import jax
 import numpyro.distributions as dist
@@ -87,6 +89,13 @@ def fit(
         velocity_network=velocity_network, score_network=score_network, network=network,
         standardize=standardize, settings=settings,
     )
+    if isinstance(data, Iterator):
+        raise TypeError(
+            "fit builds its flow from the samples (standardisation, network size), so it needs"
+            " an array; for a stream of batches, build the flow on a sample of the data, then"
+            " train on the stream: flow = nsi.build_flow(key, sample); nsi.train(key, flow,"
+            " stream)."
+        )
     samples = prepare_samples(data, context, model.support)
     key_split, key_velocity, key_score, key_train, key_val = jax.random.split(key, 5)
     train_part, val_part = split_samples(key_split, samples, train_options["validation"])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import equinox as eqx
@@ -41,6 +41,7 @@ from ._version import __version__
 
 __all__ = [
     "train",
+    "batches",
     "plan_steps",
     "StepPlan",
     "default_optimizer",
@@ -312,12 +313,10 @@ def _batch_loss_fn(interpolant, base_sample, objective: Objective) -> Callable:
 # ----------------------------------------------------------------------------------------------
 
 
-def _round_fn(batch_loss, static, optimizer, plan: StepPlan, train_set, ema_decay, dtype):
-    """`run_round(params, state, key) -> (params, state, mean training loss)`: one round of
-    `plan.epochs_per_round` epochs as one jitted `lax.scan`; `state` is (optimiser state,
-    moving average or None, steps taken). Steps past `plan.num_steps` are skipped."""
-    n_train = train_set[0].shape[0]
-    steps_per_epoch, batch_size = plan.steps_per_epoch, plan.batch_size
+def _step_fns(batch_loss, static, optimizer, num_steps, ema_decay, dtype):
+    """`(step, capped_step)`: one optimiser step on a batch, for `lax.scan` over `(batch, key)`
+    with carry `(params, (optimiser state, moving average or None, steps taken))`; the capped
+    one skips steps past `num_steps` and also returns whether it ran."""
 
     def step(carry, inputs):
         params, (opt_state, ema, count) = carry
@@ -332,11 +331,22 @@ def _round_fn(batch_loss, static, optimizer, plan: StepPlan, train_set, ema_deca
         return (params, (opt_state, ema, count + 1)), loss
 
     def capped_step(carry, inputs):
-        active = carry[1][2] < plan.num_steps
+        active = carry[1][2] < num_steps
         carry, loss = jax.lax.cond(
             active, step, lambda c, _: (c, jnp.zeros((), dtype)), carry, inputs
         )
         return carry, (loss, active)
+
+    return step, capped_step
+
+
+def _round_fn(batch_loss, static, optimizer, plan: StepPlan, train_set, ema_decay, dtype):
+    """`run_round(params, state, key) -> (params, state, mean training loss)`: one round of
+    `plan.epochs_per_round` epochs as one jitted `lax.scan`; `state` is (optimiser state,
+    moving average or None, steps taken). Steps past `plan.num_steps` are skipped."""
+    n_train = train_set[0].shape[0]
+    steps_per_epoch, batch_size = plan.steps_per_epoch, plan.batch_size
+    step, capped_step = _step_fns(batch_loss, static, optimizer, plan.num_steps, ema_decay, dtype)
 
     def epoch(carry, key):
         key_perm, key_steps = jax.random.split(key)
@@ -359,6 +369,28 @@ def _round_fn(batch_loss, static, optimizer, plan: StepPlan, train_set, ema_deca
             return params, state, jnp.mean(losses)
         total, count = losses
         return params, state, jnp.sum(total) / jnp.maximum(jnp.sum(count), 1)
+
+    return run_round
+
+
+def _stream_round_fn(batch_loss, static, optimizer, plan: StepPlan, next_block, ema_decay,
+                     dtype):
+    """`run_round` for a stream of batches: each round pulls `plan.steps_per_epoch` batches
+    (fewer in the last round of a stream that ends) from `next_block()` (a `(steps, batch, d)`
+    pair of arrays in the fields' space) and takes one optimiser step on each (one jitted
+    `lax.scan`); steps past `plan.num_steps` are skipped."""
+    _, capped_step = _step_fns(batch_loss, static, optimizer, plan.num_steps, ema_decay, dtype)
+
+    @eqx.filter_jit
+    def run_block(params, state, key, block):
+        keys = jax.random.split(key, block[0].shape[0])  # fewer in a stream's last round
+        (params, state), (losses, active) = jax.lax.scan(
+            capped_step, (params, state), (block, keys)
+        )
+        return params, state, jnp.sum(losses) / jnp.maximum(jnp.sum(active), 1)
+
+    def run_round(params, state, key):
+        return run_block(params, state, key, next_block())
 
     return run_round
 
@@ -448,6 +480,8 @@ def _loop(run: _Run, key, params, carry, *, show_progress: bool, description: st
             ):
                 write_checkpoint(run.checkpoint, run.fingerprint, state)
                 last_write = time.monotonic()
+    except _StreamExhausted:
+        pass  # the stream of batches ended: the rounds so far are the run
     except KeyboardInterrupt:
         interrupted = True
         warnings.warn(
@@ -467,8 +501,7 @@ def _loop(run: _Run, key, params, carry, *, show_progress: bool, description: st
         epoch=np.asarray(state.epochs),
         best_epoch=state.best_epoch,
         stopped_early=state.stopped_early,
-        num_steps=min(state.rounds_done * plan.epochs_per_round * plan.steps_per_epoch,
-                      plan.num_steps),
+        num_steps=int(state.carry[2]),  # the steps taken
         steps_per_epoch=plan.steps_per_epoch,
         interrupted=interrupted,
     )
@@ -503,10 +536,17 @@ def train_flow_space(
     and the validation key."""
     key_train, key_val = keys
     validation, stopping = options["validation"], options["early_stopping"]
-    objective, dtype = options["objective"], train_set[0].dtype
-    plan = plan_steps(train_set[0].shape[0], batch_size=options["batch_size"],
-                      num_steps=options["num_steps"], max_epochs=options["max_epochs"],
-                      validate_every=validation.every)
+    stream = train_set if isinstance(train_set, _Stream) else None
+    objective = options["objective"]
+    if stream is not None:  # a round is `validation.every` steps, one batch each
+        dtype, every = stream.dtype, validation.every
+        plan = StepPlan(stream.batch_size, every, 1, math.ceil(options["num_steps"] / every),
+                        options["num_steps"])
+    else:
+        dtype = train_set[0].dtype
+        plan = plan_steps(train_set[0].shape[0], batch_size=options["batch_size"],
+                          num_steps=options["num_steps"], max_epochs=options["max_epochs"],
+                          validate_every=validation.every)
     optimizer = options["optimizer"] or default_optimizer(
         options["learning_rate"], plan.num_steps, options["weight_decay"]
     )
@@ -525,10 +565,15 @@ def train_flow_space(
     digest = None if checkpoint is None else _run_fingerprint(
         keys, train_set, val_set, params, state, options
     )
-    run = _Run(plan, _round_fn(batch_loss, static, optimizer, plan, train_set,
-                               options["ema_decay"], dtype),
-               validation_loss, stopping, stopping.patience_in_validations(plan), checkpoint,
-               digest)
+    if stream is not None:
+        run_round = _stream_round_fn(batch_loss, static, optimizer, plan,
+                                     lambda: stream.block(plan.steps_per_epoch),
+                                     options["ema_decay"], dtype)
+    else:
+        run_round = _round_fn(batch_loss, static, optimizer, plan, train_set,
+                              options["ema_decay"], dtype)
+    run = _Run(plan, run_round, validation_loss, stopping,
+               stopping.patience_in_validations(plan), checkpoint, digest)
     best, state, history = _loop(run, key_train, params, state,
                                  show_progress=options["show_progress"], description=description)
     trained = _with_networks(flow, eqx.combine(best, static))
@@ -543,6 +588,116 @@ def _run_fingerprint(keys, train_set, val_set, params, state, options) -> str:
     return fingerprint(__version__, keys, train_set, val_set, params, state,
                        repr(jax.tree.structure(params)), repr(sorted(shaping.items())),
                        options["optimizer"] is None)
+
+
+# ----------------------------------------------------------------------------------------------
+# streams of batches
+# ----------------------------------------------------------------------------------------------
+
+
+class _StreamExhausted(Exception):
+    """The stream of batches ended: training stops after the last whole round."""
+
+
+class _Stream:
+    """A user's iterator of batches, read a round at a time and mapped to the fields' space.
+
+    Yields `(B, d)` arrays (pairs `(x, context)` for a conditional flow), every batch the same
+    shape; the first is read at once, for the batch size and dtype."""
+
+    def __init__(self, iterator, flow: AbstractFlow, conditional: bool):
+        self.iterator, self.flow, self.conditional = iterator, flow, conditional
+        self.pending = [self._read(0)]
+        x, context = self.pending[0]
+        self.batch_size, self.dtype = x.shape[0], check_data(x[:1], "a batch of data").dtype
+        self.context_dim = None if context is None else context.shape[-1]
+        self.batches_read, self.exhausted = 1, False
+
+    def _read(self, index):
+        try:
+            item = next(self.iterator)
+        except StopIteration:
+            raise _StreamExhausted from None
+        if self.conditional:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise TypeError(
+                    "a stream for a ConditionalSIFlow yields (samples, context) pairs; batch"
+                    f" {index} is a {type(item).__name__}."
+                )
+            x, context = np.asarray(item[0]), np.asarray(item[1])
+        else:
+            x, context = np.asarray(item), None
+        if x.ndim != 2:
+            raise ValueError(f"batch {index} of data must have shape (B, d), got {x.shape}.")
+        if index and (x.shape != self.pending_shape or (
+                context is not None and context.shape[0] != x.shape[0])):
+            raise ValueError(
+                f"batch {index} of data has shape {x.shape}; every batch of a stream must have"
+                f" the first one's shape {self.pending_shape} (and one context row per sample)."
+            )
+        self.pending_shape = x.shape
+        return x, context
+
+    def block(self, steps: int):
+        """The next `steps` batches, `(steps, B, d)` in the fields' space (and their context)."""
+        if self.exhausted:
+            raise _StreamExhausted
+        rows = self.pending
+        self.pending = []
+        while len(rows) < steps:
+            try:
+                rows.append(self._read(self.batches_read))
+            except _StreamExhausted:
+                if not rows:
+                    raise
+                self.exhausted = True  # the last round: the batches that were left
+                break
+            self.batches_read += 1
+        steps = len(rows)
+        x = np.concatenate([r[0] for r in rows])
+        context = None if rows[0][1] is None else np.concatenate([r[1] for r in rows])
+        first = self.batches_read - steps
+        name = f"batches {first}-{self.batches_read - 1} of data"
+        samples = prepare_samples(x, context, _support(self.flow), name=name)
+        x, context = flow_space(self.flow, samples, name=name)
+        return jax.tree.map(lambda a: a.reshape((steps, self.batch_size, a.shape[-1])),
+                            (x, context))
+
+
+def batches(
+    key: PRNGKeyArray, data: ArrayLike, batch_size: int, *, context: ArrayLike | None = None,
+    epochs: int | None = None,
+):
+    """Random batches of rows of `data` (an array, or a NumPy memmap of data bigger than
+    memory), for `train(key, flow, nsi.batches(key, data, 512))`: each epoch is a new random
+    permutation of the rows, read one batch at a time (the rows of a batch in increasing order,
+    so a memmap reads them in file order); the last partial batch of an epoch is dropped.
+    `epochs`: how many passes (default: no end; `train` stops at `num_steps`). With `context`,
+    yields `(samples, context)` pairs. Memory: one permutation of the row indices (4 bytes a
+    row) and one batch."""
+    n = np.shape(data)[0]
+    batch_size = check_positive_int("batch_size", batch_size)
+    if batch_size > n:
+        raise ValueError(f"batch_size {batch_size} is larger than the {n} row(s) of data.")
+    if context is not None and np.shape(context)[0] != n:
+        raise ValueError(
+            f"context has {np.shape(context)[0]} row(s) but data has {n}; give one context row"
+            " per sample."
+        )
+    if epochs is not None:
+        check_positive_int("epochs", epochs)
+    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    rng = np.random.default_rng(seed)
+    index_type = np.int32 if n < 2**31 else np.int64  # the one array of size N held: 4 bytes a row
+    epoch = 0
+    while epochs is None or epoch < epochs:
+        order = np.arange(n, dtype=index_type)
+        rng.shuffle(order)
+        for start in range(0, n - batch_size + 1, batch_size):
+            rows = np.sort(order[start:start + batch_size])
+            x = np.asarray(data[rows])
+            yield x if context is None else (x, np.asarray(context[rows]))
+        epoch += 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -670,7 +825,12 @@ def train(
 
     - `key`: a `jax.random` key.
     - `flow`: from `build_flow` or an earlier `train` (its networks are the starting point).
-    - `data`: samples `(N, d)` in data space (points of the support for a `ConstrainedSIFlow`).
+    - `data`: samples `(N, d)` in data space (points of the support for a `ConstrainedSIFlow`),
+      or an iterator of `(B, d)` batches for data bigger than memory or simulated on the fly
+      (`batches` makes one from an array or memmap; pairs `(samples, context)` for a
+      conditional flow): rounds of `validation.every` batches, validated on `val_data` (none
+      without it), until `num_steps` or the iterator's end; `batch_size`, `max_epochs` and
+      `checkpoint` do not apply.
     - `context`: `(N, k)`, one context row per sample; required by a `ConditionalSIFlow`.
     - `val_data`: held-out samples for validation (a pair `(samples, context)` for a conditional
       flow); default: `validation.fraction` of `data`, drawn at random.
@@ -707,8 +867,11 @@ def train(
             "train needs a flow from build_flow (an SIFlow, ConstrainedSIFlow or"
             f" ConditionalSIFlow), got {type(flow).__name__}."
         )
+    given = set(options)
     options = check_train_options(options, "train")
     conditional = isinstance(flow, ConditionalSIFlow)
+    if isinstance(data, Iterator):
+        return _train_stream(key, flow, data, context, val_data, options, given, conditional)
     if conditional != (context is not None):
         raise ValueError(
             "a ConditionalSIFlow trains on (data, context) pairs: pass context=" if conditional
@@ -724,3 +887,22 @@ def train(
     val_set = None if held_out is None else flow_space(flow, held_out, name="val_data")
     return train_flow_space((key_train, key_val), flow, flow_space(flow, samples), val_set,
                             options)
+
+
+def _train_stream(key, flow, stream, context, val_data, options, given, conditional):
+    """`train` on an iterator of batches (data bigger than memory, or simulated on the fly)."""
+    for name, why in (("context", "yield (samples, context) pairs instead"),
+                      ("batch_size", "the stream's batches set it"),
+                      ("max_epochs", "a stream has no epochs; use num_steps"),
+                      ("checkpoint", "a stream cannot be rewound to resume from one")):
+        value = context if name == "context" else options[name]
+        if (name == "batch_size" and name in given) or (name != "batch_size" and value is not None):
+            raise ValueError(f"train on a stream of batches takes no {name}: {why}.")
+    _, key_train, key_val = jax.random.split(key, 3)
+    val_set = None
+    if val_data is not None:
+        val_x, val_context = val_data if conditional else (val_data, None)
+        held_out = prepare_samples(val_x, val_context, _support(flow), name="val_data")
+        val_set = flow_space(flow, held_out, name="val_data")
+    return train_flow_space((key_train, key_val), flow, _Stream(stream, flow, conditional),
+                            val_set, options)
