@@ -1,5 +1,6 @@
-"""How `log_prob` scales with the number of points: time, throughput and peak memory, with the
-batches of `_solvers.POINTS_PER_BATCH` points that keep memory bounded.
+"""How cost scales with the number of points: `log_prob` (time, throughput and peak memory, with
+the batches of `_solvers.POINTS_PER_BATCH` points that keep memory bounded) and training on data
+bigger than memory (a NumPy memmap read by `nsi.batches`).
 
 The flow is the exact oracle flow to an 8-component Gaussian mixture in d dimensions (closed-form
 velocity, docs/math.md section 6; no training, so the numbers are the solver's alone), with the
@@ -9,9 +10,18 @@ more to time, and reports the wall-clock of the timed call, points per second an
 peak resident memory (`resource.getrusage(...).ru_maxrss`, which includes JAX and the compiled
 code: the baseline row, N = 1000, shows that share).
 
-Run: `.venv/bin/python benchmarks/scaling.py` (N up to 10^6, d = 2 and 8; tens of minutes on 2
-cores); `--quick` for N up to 10^4 that writes nothing. The table goes to `docs/benchmarks.md`
-between `<!-- scaling:start -->` and `<!-- scaling:end -->`.
+Training (`--studies train`): for each N a float32 memmap of N x 8 rows (a two-component
+Gaussian mixture, written in chunks to a temporary file) is trained on in a fresh process:
+`build_flow` on its first 10^4 rows, then `train` on `nsi.batches(key, memmap, 512)` for 1000
+steps (validation on 2000 held-out rows). Reported: wall-clock, steps per second and peak
+resident memory; for comparison, the same training with the whole memmap loaded as one array
+(`np.asarray(memmap)` then `train(key, flow, array)`, the in-memory route), at the sizes that fit.
+
+Run: `.venv/bin/python benchmarks/scaling.py` (both studies: log_prob for N up to 10^6 at d = 2
+and 8, tens of minutes; training for N = 10^5 to 10^7); `--studies train` or `--studies log_prob`
+for one; `--quick` for small N that writes nothing. The tables go to `docs/benchmarks.md` between
+`<!-- scaling:start -->` and `<!-- scaling:end -->` (log_prob) and `<!-- scaling-train:start -->`
+and `<!-- scaling-train:end -->` (training).
 """
 
 from __future__ import annotations
@@ -22,13 +32,94 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_io import write_docs_region  # noqa: E402
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 START, END = "<!-- scaling:start -->", "<!-- scaling:end -->"
+TRAIN_START, TRAIN_END = "<!-- scaling-train:start -->", "<!-- scaling-train:end -->"
+TRAIN_DIM, TRAIN_STEPS, TRAIN_BATCH = 8, 1000, 512
+
+TRAIN_CHILD = r"""
+import json, resource, sys, time
+import jax, numpy as np
+import numpyro_si as nsi
+
+path, route = sys.argv[1], sys.argv[4]
+n, dim, steps, batch = (int(a) for a in (sys.argv[2], sys.argv[3], sys.argv[5], sys.argv[6]))
+data = np.memmap(path, dtype=np.float32, mode="r", shape=(n + 2000, dim))
+held_out, rows = np.asarray(data[n:]), data[:n]
+flow = nsi.build_flow(jax.random.key(0), np.asarray(rows[:10_000]))
+tic = time.perf_counter()
+if route == "stream":
+    source = nsi.batches(jax.random.key(1), rows, batch)
+    flow, history = nsi.train(jax.random.key(2), flow, source, num_steps=steps, val_data=held_out,
+                              show_progress=False)
+else:
+    flow, history = nsi.train(jax.random.key(2), flow, np.asarray(rows), num_steps=steps,
+                              batch_size=batch, val_data=held_out, show_progress=False)
+seconds = time.perf_counter() - tic
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+kb = lambda name: float(status[name].split()[0]) if name in status else float("nan")
+print(json.dumps({"n": n, "dim": dim, "route": route, "seconds": seconds,
+                  "steps": int(history.num_steps), "val_loss": float(history.val_loss[-1]),
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "anon_mb": kb("RssAnon") / 1024, "file_mb": kb("RssFile") / 1024}))
+"""
+
+
+def write_memmap(path: Path, n: int, dim: int, seed: int = 0) -> None:
+    """N + 2000 rows of a two-component Gaussian mixture, written a million rows at a time."""
+    out = np.memmap(path, dtype=np.float32, mode="w+", shape=(n + 2000, dim))
+    rng = np.random.default_rng(seed)
+    for start in range(0, n + 2000, 1_000_000):
+        m = min(1_000_000, n + 2000 - start)
+        sign = np.where(rng.random((m, 1)) < 0.3, -1.0, 1.0)
+        out[start:start + m] = (2.0 * sign + 0.5 * rng.standard_normal((m, dim))).astype(np.float32)
+    out.flush()
+    del out
+
+
+def measure_training(path: Path, n: int, route: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", TRAIN_CHILD, str(path), str(n), str(TRAIN_DIM), route,
+         str(TRAIN_STEPS), str(TRAIN_BATCH)], capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def render_training(rows, load, command):
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    lines = [
+        "## training on data bigger than memory: peak memory against the number of points",
+        "",
+        f"Command: {command}. Machine: {machine}; 1-minute load average {load[0]:.2f} at the"
+        f" start, {load[1]:.2f} at the end. A float32 memmap of N x {TRAIN_DIM} rows on disk;"
+        f" `build_flow` on its first 10^4 rows, then {TRAIN_STEPS} steps of `train` with batches"
+        f" of {TRAIN_BATCH}, validated on 2000 held-out rows. \"stream\": `train(key, flow,"
+        " nsi.batches(key, memmap, 512))`, reading one round of batches at a time; \"in"
+        " memory\": `train(key, flow, np.asarray(memmap))`. Peak memory is the whole process's"
+        " resident set (JAX, compiled code and the memmap's pages read so far included); at the"
+        " end it splits into anonymous memory (arrays, code: what the process holds) and"
+        " file-backed pages (the memmap's pages the kernel keeps cached and may evict). Each row"
+        " is a fresh process. The script's docstring has the set-up.",
+        "",
+        "| points | route | seconds | steps per second | peak memory (MB) | at the end:"
+        " anonymous / file-backed (MB) | final validation loss |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['n']:,} | {'stream' if row['route'] == 'stream' else 'in memory'} |"
+            f" {row['seconds']:.1f} | {row['steps'] / row['seconds']:,.0f} |"
+            f" {row['peak_mb']:.0f} | {row['anon_mb']:.0f} / {row['file_mb']:.0f} |"
+            f" {row['val_loss']:.4f} |"
+        )
+    return lines
 
 CHILD = r"""
 import json, resource, sys, time
@@ -85,22 +176,48 @@ def render(rows, load, command):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="N up to 10^4; writes nothing")
-    parser.add_argument("--dims", default="2,8")
+    parser.add_argument("--quick", action="store_true", help="small N; writes nothing")
+    parser.add_argument("--dims", default="2,8", help="dimensions of the log_prob study")
+    parser.add_argument("--studies", default="log_prob,train")
     args = parser.parse_args(argv)
-    sizes = (1000, 10_000) if args.quick else (1000, 10_000, 100_000, 1_000_000)
-    load_start = os.getloadavg()[0]
-    rows = []
-    for dim in (int(d) for d in args.dims.split(",")):
-        for n in sizes:
-            rows.append(measure(n, dim))
-            print(rows[-1], flush=True)
-    command = "`.venv/bin/python benchmarks/scaling.py" + (
-        f" --dims {args.dims}`" if args.dims != "2,8" else "`")
-    lines = render(rows, (load_start, os.getloadavg()[0]), command)
-    print("\n".join(lines))
-    if not args.quick:
-        write_docs_region(OUT, START, END, lines)
+    studies = args.studies.split(",")
+    unknown = set(studies) - {"log_prob", "train"}
+    if unknown:
+        parser.error(f"unknown studies {sorted(unknown)}; choose from log_prob, train")
+    options = "".join(f" --{name} {value}" for name, value, default in (
+        ("dims", args.dims, "2,8"), ("studies", args.studies, "log_prob,train"))
+        if value != default)
+    command = f"`.venv/bin/python benchmarks/scaling.py{options}`"
+    if "log_prob" in studies:
+        sizes = (1000, 10_000) if args.quick else (1000, 10_000, 100_000, 1_000_000)
+        load_start = os.getloadavg()[0]
+        rows = []
+        for dim in (int(d) for d in args.dims.split(",")):
+            for n in sizes:
+                rows.append(measure(n, dim))
+                print(rows[-1], flush=True)
+        lines = render(rows, (load_start, os.getloadavg()[0]), command)
+        print("\n".join(lines))
+        if not args.quick:
+            write_docs_region(OUT, START, END, lines)
+    if "train" in studies:
+        sizes = ((10_000, ("stream", "memory")),) if args.quick else (
+            (100_000, ("stream", "memory")), (1_000_000, ("stream", "memory")),
+            (10_000_000, ("stream", "memory")))
+        load_start = os.getloadavg()[0]
+        rows = []
+        with tempfile.TemporaryDirectory() as folder:
+            for n, routes in sizes:
+                path = Path(folder) / f"data-{n}.f32"
+                write_memmap(path, n, TRAIN_DIM)
+                for route in routes:
+                    rows.append(measure_training(path, n, route))
+                    print(rows[-1], flush=True)
+                path.unlink()
+        lines = render_training(rows, (load_start, os.getloadavg()[0]), command)
+        print("\n".join(lines))
+        if not args.quick:
+            write_docs_region(OUT, TRAIN_START, TRAIN_END, lines)
 
 
 if __name__ == "__main__":
