@@ -85,19 +85,26 @@ def write_memmap(path: Path, n: int, dim: int, seed: int = 0) -> None:
     del out
 
 
-def measure_training(path: Path, n: int, route: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", TRAIN_CHILD, str(path), str(n), str(TRAIN_DIM), route,
-         str(TRAIN_STEPS), str(TRAIN_BATCH)], capture_output=True, text=True, check=True)
+def run_child(script: str, *args) -> dict:
+    """`script` in a fresh Python process with `args`; its last line of output, as JSON."""
+    result = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True,
+                            text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def measure_training(path: Path, n: int, route: str) -> dict:
+    return run_child(TRAIN_CHILD, path, n, TRAIN_DIM, route, TRAIN_STEPS, TRAIN_BATCH)
+
+
 def render_training(rows, load, command):
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     lines = [
         "## training on data bigger than memory: peak memory against the number of points",
         "",
-        f"Command: {command}. Machine: {machine}; 1-minute load average {load[0]:.2f} at the"
+        f"Command: {command}. Machine: {machine()}; 1-minute load average {load[0]:.2f} at the"
         f" start, {load[1]:.2f} at the end. A float32 memmap of N x {TRAIN_DIM} rows on disk;"
         f" `build_flow` on its first 10^4 rows, then {TRAIN_STEPS} steps of `train` with batches"
         f" of {TRAIN_BATCH}, validated on 2000 held-out rows. \"stream\": `train(key, flow,"
@@ -146,17 +153,14 @@ print(json.dumps({"n": n, "dim": dim, "seconds": seconds,
 
 
 def measure(n: int, dim: int) -> dict:
-    result = subprocess.run([sys.executable, "-c", CHILD, str(n), str(dim)], capture_output=True,
-                            text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_child(CHILD, n, dim)
 
 
 def render(rows, load, command):
-    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     lines = [
         "## log_prob at scale: time and peak memory against the number of points",
         "",
-        f"Command: {command}. Machine: {machine}; 1-minute load average {load[0]:.2f} at the"
+        f"Command: {command}. Machine: {machine()}; 1-minute load average {load[0]:.2f} at the"
         f" start, {load[1]:.2f} at the end. The exact oracle flow to an 8-component Gaussian"
         " mixture (no training), default settings (adaptive Tsit5, exact divergence, float32);"
         f" batches of {rows[0]['points_per_batch']} points. Peak memory is the whole process's"
