@@ -607,10 +607,12 @@ class _Stream:
 
     def __init__(self, iterator, flow: AbstractFlow, conditional: bool):
         self.iterator, self.flow, self.conditional = iterator, flow, conditional
-        self.pending = [self._read(0)]
-        x, context = self.pending[0]
+        try:
+            self.pending = [self._read(0)]
+        except _StreamExhausted:
+            raise ValueError("the stream of batches is empty: it yielded no batch.") from None
+        x = self.pending[0][0]
         self.batch_size, self.dtype = x.shape[0], check_data(x[:1], "a batch of data").dtype
-        self.context_dim = None if context is None else context.shape[-1]
         self.batches_read, self.exhausted = 1, False
 
     def _read(self, index):
@@ -629,13 +631,13 @@ class _Stream:
             x, context = np.asarray(item), None
         if x.ndim != 2:
             raise ValueError(f"batch {index} of data must have shape (B, d), got {x.shape}.")
-        if index and (x.shape != self.pending_shape or (
+        if index and (x.shape != self.shape or (
                 context is not None and context.shape[0] != x.shape[0])):
             raise ValueError(
                 f"batch {index} of data has shape {x.shape}; every batch of a stream must have"
-                f" the first one's shape {self.pending_shape} (and one context row per sample)."
+                f" the first one's shape {self.shape} (and one context row per sample)."
             )
-        self.pending_shape = x.shape
+        self.shape = x.shape
         return x, context
 
     def block(self, steps: int):

@@ -132,5 +132,7 @@ def test_bad_batches_are_named():
     with pytest.raises(ValueError, match="batches 0-99 of data contains NaN or inf"):
         nsi.train(jax.random.key(1), flow, iter([poisoned] * 100), num_steps=5,
                   show_progress=False)
+    with pytest.raises(ValueError, match="the stream of batches is empty"):
+        nsi.train(jax.random.key(1), flow, iter([]), show_progress=False)
     with pytest.raises(TypeError, match="fit builds its flow from the samples"):
         nsi.fit(jax.random.key(1), nsi.batches(jax.random.key(1), data, 10))
