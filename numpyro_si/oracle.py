@@ -99,7 +99,7 @@ class GaussianMixture(eqx.Module):
         """n draws and their component labels."""
         k_label, k_noise = jax.random.split(key)
         labels = jax.random.choice(k_label, self.weights.shape[0], (n,), p=self.weights)
-        chol = jnp.linalg.cholesky(self.covariances)
+        chol = _cholesky(self.covariances)
         noise = jax.random.normal(k_noise, (n, self.dim), dtype=self.means.dtype)
         x = self.means[labels] + jnp.einsum("nij,nj->ni", chol[labels], noise)
         return x, labels
@@ -123,17 +123,71 @@ class GaussianMixture(eqx.Module):
         return jnp.mean(nll), jnp.std(nll) / jnp.sqrt(n)
 
 
-def _component_log_probs(x, log_weights, means, covariances):
-    """log w_k + log N(x; m_k, C_k), shape (*batch, K)."""
-    chol = jnp.linalg.cholesky(covariances)  # (K, d, d)
+def _cholesky(a: Float[Array, "*batch d d"]) -> Float[Array, "*batch d d"]:
+    """Lower Cholesky factor, column by column in plain array operations.
+
+    Not `jnp.linalg.cholesky`: the fields below run inside vmapped ODE/SDE solver loops, and on
+    XLA:CPU (jaxlib 0.10) a loop body with several batched LAPACK calls that may run at once can
+    deadlock the CPU thread pool (the call never returns, no CPU used), e.g. a log_prob of 100
+    points at d = 8. Plain operations cannot. A matrix that is not positive definite gives NaN,
+    as LAPACK does.
+    """
+    d = a.shape[-1]
+    index = jnp.arange(d)
+
+    def column(j, factor):
+        # factor holds columns 0..j-1; v_i = a_ij - sum_k<j L_ik L_jk
+        v = a[..., :, j] - jnp.einsum("...ik,...k->...i", factor, factor[..., j, :])
+        diagonal = jnp.sqrt(v[..., j])[..., None]
+        new = jnp.where(index > j, v / diagonal, jnp.where(index == j, diagonal, 0.0))
+        return factor.at[..., :, j].set(new)
+
+    return jax.lax.fori_loop(0, d, column, jnp.zeros_like(a))
+
+
+def _solve_lower(
+    factor: Float[Array, "*batch d d"], b: Float[Array, "*batch d"]
+) -> Float[Array, "*batch d"]:
+    """L^-1 b by forward substitution (plain operations; see `_cholesky`)."""
+
+    def row(i, x):
+        r = b[..., i] - jnp.einsum("...k,...k->...", factor[..., i, :], x)
+        return x.at[..., i].set(r / factor[..., i, i])
+
+    return jax.lax.fori_loop(0, b.shape[-1], row, jnp.zeros_like(b))
+
+
+def _solve_upper_transposed(
+    factor: Float[Array, "*batch d d"], b: Float[Array, "*batch d"]
+) -> Float[Array, "*batch d"]:
+    """L^-T b by back substitution (plain operations; see `_cholesky`)."""
+    d = b.shape[-1]
+
+    def row(k, x):
+        i = d - 1 - k
+        r = b[..., i] - jnp.einsum("...k,...k->...", factor[..., :, i], x)
+        return x.at[..., i].set(r / factor[..., i, i])
+
+    return jax.lax.fori_loop(0, d, row, jnp.zeros_like(b))
+
+
+def _component_terms(x, log_weights, means, covariances):
+    """log w_k + log N(x; m_k, C_k), shape (*batch, K), and C_k^-1 (x - m_k), shape
+    (*batch, K, d), from one Cholesky factor per component."""
+    chol = _cholesky(covariances)  # (K, d, d)
     diff = x[..., None, :] - means  # (*batch, K, d)
     d = means.shape[-1]
-    solved = jax.scipy.linalg.solve_triangular(
-        jnp.broadcast_to(chol, diff.shape[:-1] + (d, d)), diff[..., None], lower=True
-    )[..., 0]
+    chol = jnp.broadcast_to(chol, diff.shape[:-1] + (d, d))
+    solved = _solve_lower(chol, diff)
     maha = jnp.sum(solved**2, axis=-1)
     log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), axis=-1)
-    return log_weights - 0.5 * (maha + log_det + d * _LOG_2PI)
+    log_probs = log_weights - 0.5 * (maha + log_det + d * _LOG_2PI)
+    return log_probs, _solve_upper_transposed(chol, solved)
+
+
+def _component_log_probs(x, log_weights, means, covariances):
+    """log w_k + log N(x; m_k, C_k), shape (*batch, K)."""
+    return _component_terms(x, log_weights, means, covariances)[0]
 
 
 def _mixture_log_prob(x, log_weights, means, covariances):
@@ -213,17 +267,15 @@ class GaussianMixtureOracle(eqx.Module):
     def score(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " d"]:
         """s(t, x) = grad_x log rho_t(x)."""
         mean, cov, log_w, _, _ = self._pairs(t)
-        resp = jax.nn.softmax(_component_log_probs(x, log_w, mean, cov))
-        precision_diff = jnp.linalg.solve(cov, (x - mean)[..., None])[..., 0]
-        return -jnp.sum(resp[:, None] * precision_diff, axis=0)
+        log_probs, precision_diff = _component_terms(x, log_w, mean, cov)
+        return -jnp.sum(jax.nn.softmax(log_probs)[:, None] * precision_diff, axis=0)
 
     def velocity(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " d"]:
         """b(t, x) = E[alpha' x0 + beta' x1 + gamma' z | x_t = x] (docs/math.md section 6)."""
         mean, cov, log_w, dmean, half_dcov = self._pairs(t)
-        resp = jax.nn.softmax(_component_log_probs(x, log_w, mean, cov))
-        precision_diff = jnp.linalg.solve(cov, (x - mean)[..., None])
-        per_pair = dmean + (half_dcov @ precision_diff)[..., 0]
-        return jnp.sum(resp[:, None] * per_pair, axis=0)
+        log_probs, precision_diff = _component_terms(x, log_w, mean, cov)
+        per_pair = dmean + jnp.einsum("kij,kj->ki", half_dcov, precision_diff)
+        return jnp.sum(jax.nn.softmax(log_probs)[:, None] * per_pair, axis=0)
 
     def denoiser(self, t: Float[ArrayLike, ""], x: Float[Array, " d"]) -> Float[Array, " d"]:
         """eta_z(t, x) = E[z | x_t = x] = -gamma s."""
