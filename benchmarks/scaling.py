@@ -8,7 +8,9 @@ default settings (adaptive Tsit5, exact divergence, float32). For each N a fresh
 draws N points of the mixture, evaluates `flow.log_prob` on all of them once to compile and once
 more to time, and reports the wall-clock of the timed call, points per second and the process's
 peak resident memory (`resource.getrusage(...).ru_maxrss`, which includes JAX and the compiled
-code: the baseline row, N = 1000, shows that share).
+code: the baseline row, N = 1000, shows that share), with the solver steps per point. Rows
+marked "one vmap" raise the batch size to N (at N = 10^4 and 10^5), so every point's solver state
+is held at once: the memory that log_prob's batching bounds.
 
 Training (`--studies train`): for each N a float32 memmap of N x 8 rows (a two-component
 Gaussian mixture, written in chunks to a temporary file) is trained on in a fresh process:
@@ -132,48 +134,59 @@ CHILD = r"""
 import json, resource, sys, time
 import jax, jax.numpy as jnp
 import numpyro_si as nsi
-from numpyro_si._solvers import POINTS_PER_BATCH
+from numpyro_si import _solvers
 from numpyro_si.oracle import GaussianMixture, GaussianMixtureOracle
 
-n, dim = int(sys.argv[1]), int(sys.argv[2])
+n, dim, chunked = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "chunked"
+if not chunked:  # one vmap over all the points: every point's solver state at once
+    _solvers.POINTS_PER_BATCH = n
 mixture = GaussianMixture.random(jax.random.key(0), dim, 8)
 oracle = GaussianMixtureOracle(nsi.OneSidedLinearInterpolant(), mixture)
 flow = nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=dim)
 x, _ = mixture.sample(jax.random.key(1), n)
-log_prob = jax.jit(flow.log_prob)
+log_prob = jax.jit(flow.log_prob_with_info)
 jax.block_until_ready(log_prob(x))  # compile
 tic = time.perf_counter()
-values = jax.block_until_ready(log_prob(x))
+values, info = jax.block_until_ready(log_prob(x))
 seconds = time.perf_counter() - tic
-print(json.dumps({"n": n, "dim": dim, "seconds": seconds,
+print(json.dumps({"n": n, "dim": dim, "seconds": seconds, "chunked": chunked,
                   "finite": bool(jnp.all(jnp.isfinite(values))),
+                  "steps_mean": float(jnp.mean(info.num_steps)),
+                  "steps_max": int(jnp.max(info.num_steps)),
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "points_per_batch": POINTS_PER_BATCH}))
+                  "points_per_batch": _solvers.POINTS_PER_BATCH}))
 """
 
 
-def measure(n: int, dim: int) -> dict:
-    return run_child(CHILD, n, dim)
+def measure(n: int, dim: int, chunked: bool = True) -> dict:
+    return run_child(CHILD, n, dim, "chunked" if chunked else "whole")
 
 
 def render(rows, load, command):
+    batch = next(row["points_per_batch"] for row in rows if row["chunked"])
     lines = [
         "## log_prob at scale: time and peak memory against the number of points",
         "",
         f"Command: {command}. Machine: {machine()}; 1-minute load average {load[0]:.2f} at the"
         f" start, {load[1]:.2f} at the end. The exact oracle flow to an 8-component Gaussian"
-        " mixture (no training), default settings (adaptive Tsit5, exact divergence, float32);"
-        f" batches of {rows[0]['points_per_batch']} points. Peak memory is the whole process's"
-        " (JAX and compiled code included); each row is a fresh process. The script's"
-        " docstring has the set-up.",
+        " mixture (no training), default settings (adaptive Tsit5, exact divergence, float32)."
+        f" \"batches\": log_prob's default, a vmap over batches of {batch:,} points run one"
+        " after another; \"one vmap\": the batch size raised to the number of points, so every"
+        " point's solver state is held at once (the memory that batching bounds). Steps: solver"
+        " steps per point (accepted and rejected), mean and largest. Peak memory is the whole"
+        " process's (JAX and compiled code included); each row is a fresh process. The"
+        " script's docstring has the set-up.",
         "",
-        "| d | points | seconds | points per second | peak memory (MB) | all finite |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| d | points | map | seconds | points per second | steps mean (max) |"
+        " peak memory (MB) | all finite |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         lines.append(
-            f"| {row['dim']} | {row['n']:,} | {row['seconds']:.1f} |"
-            f" {row['n'] / row['seconds']:,.0f} | {row['peak_mb']:.0f} | {row['finite']} |"
+            f"| {row['dim']} | {row['n']:,} | {'batches' if row['chunked'] else 'one vmap'} |"
+            f" {row['seconds']:.2f} | {row['n'] / row['seconds']:,.0f} |"
+            f" {row['steps_mean']:.1f} ({row['steps_max']}) | {row['peak_mb']:.0f} |"
+            f" {row['finite']} |"
         )
     return lines
 
@@ -194,11 +207,12 @@ def main(argv=None):
     command = f"`.venv/bin/python benchmarks/scaling.py{options}`"
     if "log_prob" in studies:
         sizes = (1000, 10_000) if args.quick else (1000, 10_000, 100_000, 1_000_000)
+        whole = (10_000,) if args.quick else (10_000, 100_000)
         load_start = os.getloadavg()[0]
         rows = []
         for dim in (int(d) for d in args.dims.split(",")):
-            for n in sizes:
-                rows.append(measure(n, dim))
+            for n, chunked in [(n, True) for n in sizes] + [(n, False) for n in whole]:
+                rows.append(measure(n, dim, chunked))
                 print(rows[-1], flush=True)
         lines = render(rows, (load_start, os.getloadavg()[0]), command)
         print("\n".join(lines))
