@@ -41,7 +41,7 @@ from ._interpolants import (
 )
 from ._io import load, save
 from ._joint_prior import JointPrior, fit_joint_prior
-from ._networks import ACTIVATIONS, FieldMLP, FieldMLPSpec, default_network_size
+from ._networks import ACTIVATIONS, FieldMLP, FieldMLPSpec, FieldUNet, default_network_size
 from ._objectives import (
     AbstractTimeSampler,
     BetaTime,

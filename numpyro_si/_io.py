@@ -47,7 +47,7 @@ from ._constrained import ConstrainedSIFlow
 from ._distribution import SIFlow, is_standard_normal
 from ._dynamics import Fields
 from ._flow import Standardization, _FlowModel
-from ._networks import FieldMLP
+from ._networks import FieldMLP, FieldUNet
 from ._version import __version__
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
@@ -213,9 +213,15 @@ def _check_networks(model, dim: int, context_dim: int | None, where: str = "flow
                 raise _InvalidFile(f"{at} is missing.")
             continue
         network = field.network if isinstance(field, ConditionedField) else field
+        if isinstance(network, FieldUNet) and not isinstance(field, ConditionedField):
+            size = network.shape[0] * network.shape[1] * network.shape[2]
+            if size != dim:
+                raise _InvalidFile(f"{at} is a FieldUNet on images of {size} values, not {dim}.")
+            continue
         if not isinstance(network, FieldMLP):
             raise _InvalidFile(
-                f"{at} is a {type(network).__name__}, not a FieldMLP (the networks `fit` makes)."
+                f"{at} is a {type(network).__name__}, not a FieldMLP (the networks `fit` makes)"
+                " or a FieldUNet."
             )
         if isinstance(field, ConditionedField):
             if context_dim is not None:
@@ -405,6 +411,9 @@ def _encode(obj, where: str):
     if isinstance(obj, FieldMLP):
         return {"__network__": "FieldMLP", "config": obj.config(),
                 "dtype": str(obj.input_layer.weight.dtype)}
+    if isinstance(obj, FieldUNet):
+        return {"__network__": "FieldUNet", "config": obj.config(),
+                "dtype": str(obj.conv_in.weight.dtype)}
     if isinstance(obj, _NOT_SAVEABLE):
         raise _UnsaveableError(
             f"{where} = {type(obj).__name__} (it holds a Python function or key)"
@@ -424,6 +433,7 @@ def _encode(obj, where: str):
 
 _NETWORK_CONFIG = {"dim": int, "width": int, "depth": int, "n_frequencies": int,
                    "residual": bool, "activation": str, "context_dim": int}
+_UNET_CONFIG = {"shape": list, "widths": list, "n_frequencies": int, "activation": str}
 
 
 class _Decoder:
@@ -469,6 +479,8 @@ class _Decoder:
 
     def network(self, obj, where):
         _expect_keys(obj, {"__network__", "config", "dtype"}, set(), where)
+        if obj["__network__"] == "FieldUNet":
+            return self.unet(obj, where)
         if obj["__network__"] != "FieldMLP":
             raise _InvalidFile(f"Unknown network type {obj['__network__']!r} in a saved flow.")
         config = obj["config"]
@@ -493,6 +505,33 @@ class _Decoder:
         try:
             return eqx.filter_eval_shape(
                 lambda: FieldMLP(**config, key=jax.random.key(0), dtype=dtype)
+            )
+        except (ValueError, TypeError, OverflowError) as error:
+            raise _InvalidFile(f"{where}: {error}") from None
+
+    def unet(self, obj, where):
+        config = obj["config"]
+        _expect_keys(config, set(_UNET_CONFIG), set(), f"{where}.config")
+        for name, kind in _UNET_CONFIG.items():
+            value = config[name]
+            ok = (type(value) is kind if kind is not list else
+                  type(value) is list and all(type(v) is int and 1 <= v for v in value))
+            if not ok:
+                raise _InvalidFile(f"{where}.config.{name} must be a {kind.__name__}"
+                                   f"{' of positive ints' if kind is list else ''}, got {value!r}.")
+        dtype = _check_dtype(obj["dtype"], f"{where}.dtype", _NETWORK_DTYPES)
+        # every level stores at least its convolution kernels: more levels or channels than the
+        # stored bytes hold is refused before the network is built (abstractly)
+        kernels = sum(9 * w * w for w in config["widths"]) * dtype.itemsize
+        if len(config["widths"]) > 16 or kernels > self.leaves_size:
+            raise _InvalidFile(
+                f"{where}.config.widths = {config['widths']} needs more than the"
+                f" {self.leaves_size} bytes of stored arrays hold: the stored arrays do not match"
+                " the stored configuration."
+            )
+        try:
+            return eqx.filter_eval_shape(
+                lambda: FieldUNet(**config, key=jax.random.key(0), dtype=dtype)
             )
         except (ValueError, TypeError, OverflowError) as error:
             raise _InvalidFile(f"{where}: {error}") from None

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-__all__ = ["FieldMLP", "FieldMLPSpec", "ACTIVATIONS", "default_network_size"]
+__all__ = ["FieldMLP", "FieldMLPSpec", "FieldUNet", "ACTIVATIONS", "default_network_size"]
 
 ACTIVATIONS = {
     "silu": jax.nn.silu,
@@ -189,3 +189,153 @@ class FieldMLPSpec(eqx.Module):
             n_frequencies=self.n_frequencies, activation=self.activation,
             context_dim=context_dim, key=key, dtype=dtype,
         )
+
+
+class _ConvBlock(eqx.Module):
+    """x + conv(act(norm(conv(act(norm(x)))) (1 + a(t)) + b(t))): the time scales and shifts each
+    channel after the normalisation (which would remove a shift made before it), with a 1x1
+    convolution on the skip path when the channel count changes."""
+
+    norm1: eqx.nn.GroupNorm
+    conv1: eqx.nn.Conv2d
+    time: eqx.nn.Linear
+    norm2: eqx.nn.GroupNorm
+    conv2: eqx.nn.Conv2d
+    skip: eqx.nn.Conv2d | None
+
+    def __init__(self, c_in, c_out, n_embed, *, key, dtype):
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        self.norm1 = eqx.nn.GroupNorm(_groups(c_in), c_in, dtype=dtype)
+        self.conv1 = eqx.nn.Conv2d(c_in, c_out, 3, padding=1, key=k1, dtype=dtype)
+        self.time = eqx.nn.Linear(n_embed, 2 * c_out, key=k2, dtype=dtype)
+        self.norm2 = eqx.nn.GroupNorm(_groups(c_out), c_out, dtype=dtype)
+        conv2 = eqx.nn.Conv2d(c_out, c_out, 3, padding=1, key=k3, dtype=dtype)
+        self.conv2 = eqx.tree_at(lambda c: c.weight, conv2, conv2.weight * 0.1)
+        self.skip = None if c_in == c_out else eqx.nn.Conv2d(c_in, c_out, 1, key=k4, dtype=dtype)
+
+    def __call__(self, x, embedding, act):
+        h = self.conv1(act(self.norm1(x)))
+        scale, shift = jnp.split(self.time(embedding)[:, None, None], 2)
+        h = self.conv2(act(self.norm2(h) * (1 + scale) + shift))
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+def _groups(channels: int) -> int:
+    """Group-norm groups: 8 when they divide the channels, else the largest divisor below."""
+    return max(g for g in range(1, min(8, channels) + 1) if channels % g == 0)
+
+
+class FieldUNet(eqx.Module):
+    """A small U-Net for a field f(t, x) on images flattened to vectors (a network that suits
+    images, e.g. 8x8 or 28x28 digits: `build_flow(key, images.reshape(n, -1),
+    velocity_network=nsi.FieldUNet((1, 28, 28), key=key))`).
+
+    x of shape `(C * H * W,)` is read as a `(C, H, W)` image; each resolution level has a
+    residual convolution block (group norm, the time embedding scaling and shifting each
+    channel), a stride-2
+    convolution halves the resolution between levels, and the way up doubles it again
+    (nearest-neighbour upsampling and a convolution) and joins the skip connection of the same
+    level.
+
+    **Arguments:**
+
+    - `shape`: `(C, H, W)`; H and W must be divisible by 2^(levels - 1).
+    - `widths`: channels per level, e.g. `(16, 32)` (default) or `(32, 64, 64)`.
+    - `n_frequencies`: Fourier frequencies of the time embedding.
+    - `activation`: one of `ACTIVATIONS`.
+    - `key`: a `jax.random` key (keyword-only).
+
+    **Returns:** `__call__(t, x)` gives an array of shape `(C * H * W,)`. No context.
+    """
+
+    conv_in: eqx.nn.Conv2d
+    embed: eqx.nn.Linear
+    down: tuple
+    middle: _ConvBlock
+    up: tuple
+    norm_out: eqx.nn.GroupNorm
+    conv_out: eqx.nn.Conv2d
+    shape: tuple = eqx.field(static=True)
+    widths: tuple = eqx.field(static=True)
+    n_frequencies: int = eqx.field(static=True)
+    activation: str = eqx.field(static=True)
+
+    def __init__(self, shape, *, widths=(16, 32), n_frequencies: int = 4,
+                 activation: str = "silu", key: PRNGKeyArray, dtype=None):
+        shape, widths = tuple(shape), tuple(widths)
+        if len(shape) != 3 or not all(isinstance(s, int) and s >= 1 for s in shape):
+            raise ValueError(
+                f"shape must be (channels, height, width) of positive ints, got {shape}."
+            )
+        if not widths or not all(isinstance(w, int) and w >= 1 for w in widths):
+            raise ValueError(
+                f"widths must be a non-empty sequence of positive ints, got {widths}."
+            )
+        factor = 2 ** (len(widths) - 1)
+        if shape[1] % factor or shape[2] % factor:
+            raise ValueError(
+                f"an image of {shape[1]}x{shape[2]} cannot be halved {len(widths) - 1} times"
+                f" (height and width must be divisible by {factor}); use fewer widths."
+            )
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}."
+            )
+        self.shape, self.widths = shape, widths
+        self.n_frequencies, self.activation = n_frequencies, activation
+        n_embed = 4 * widths[0]
+        keys = iter(jax.random.split(key, 4 * len(widths) + 4))
+        self.conv_in = eqx.nn.Conv2d(shape[0], widths[0], 3, padding=1, key=next(keys),
+                                     dtype=dtype)
+        self.embed = eqx.nn.Linear(1 + 2 * n_frequencies, n_embed, key=next(keys), dtype=dtype)
+        down = []
+        for i, w in enumerate(widths):
+            block = _ConvBlock(w, w, n_embed, key=next(keys), dtype=dtype)
+            halve = None if i == len(widths) - 1 else eqx.nn.Conv2d(
+                w, widths[i + 1], 3, stride=2, padding=1, key=next(keys), dtype=dtype)
+            down.append((block, halve))
+        self.down = tuple(down)
+        self.middle = _ConvBlock(widths[-1], widths[-1], n_embed, key=next(keys), dtype=dtype)
+        up = []
+        for i in reversed(range(len(widths) - 1)):
+            double = eqx.nn.Conv2d(widths[i + 1], widths[i], 3, padding=1, key=next(keys),
+                                   dtype=dtype)
+            up.append((double, _ConvBlock(2 * widths[i], widths[i], n_embed, key=next(keys),
+                                          dtype=dtype)))
+        self.up = tuple(up)
+        self.norm_out = eqx.nn.GroupNorm(_groups(widths[0]), widths[0], dtype=dtype)
+        conv_out = eqx.nn.Conv2d(widths[0], shape[0], 3, padding=1, key=next(keys), dtype=dtype)
+        self.conv_out = eqx.tree_at(lambda c: c.weight, conv_out, conv_out.weight * 0.1)
+
+    def __call__(self, t: Float[ArrayLike, ""], x: Float[Array, " d"],
+                 context: Float[ArrayLike, " k"] | None = None) -> Float[Array, " d"]:
+        if context is not None:
+            raise ValueError("FieldUNet takes no context; call it as net(t, x).")
+        act = ACTIVATIONS[self.activation]
+        dtype = self.conv_in.weight.dtype
+        size = self.shape[0] * self.shape[1] * self.shape[2]
+        x = jnp.asarray(x).astype(dtype)
+        if x.shape != (size,):
+            raise ValueError(f"x must have shape ({size},) (an image of shape {self.shape}"
+                             f" flattened), got {x.shape}.")
+        t = jnp.asarray(t, dtype=dtype)
+        frequencies = 2 * jnp.pi * jnp.arange(1, self.n_frequencies + 1, dtype=dtype)
+        embedding = act(self.embed(
+            jnp.concatenate([t[None], jnp.sin(frequencies * t), jnp.cos(frequencies * t)])))
+        h = self.conv_in(x.reshape(self.shape))
+        skips = []
+        for block, halve in self.down:
+            h = block(h, embedding, act)
+            if halve is not None:
+                skips.append(h)
+                h = halve(h)
+        h = self.middle(h, embedding, act)
+        for (double, block), skip in zip(self.up, reversed(skips), strict=True):
+            h = double(jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2))
+            h = block(jnp.concatenate([h, skip]), embedding, act)
+        return self.conv_out(act(self.norm_out(h))).reshape(size)
+
+    def config(self) -> dict:
+        """The constructor arguments (without key), for saving."""
+        return dict(shape=list(self.shape), widths=list(self.widths),
+                    n_frequencies=self.n_frequencies, activation=self.activation)

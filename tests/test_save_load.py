@@ -1085,3 +1085,50 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
         with pytest.raises(ValueError, match="cannot be saved: .*" + message):
             nsi.save(tmp_path / "f.nsi", flow)
     assert not any(tmp_path.iterdir())
+
+
+def unet_flow():
+    net = nsi.FieldUNet((1, 4, 4), widths=(4, 8), key=jax.random.key(1))
+    return nsi.SIFlow(nsi.OneSidedLinearInterpolant(), net, dim=16)
+
+
+def _network_entry(meta):
+    """The stored description of the velocity network (found wherever the format keeps it)."""
+    stack = [meta]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("__network__") == "FieldUNet":
+                return node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    raise AssertionError("no FieldUNet in the metadata")
+
+
+def test_unet_flow_round_trip_is_bit_exact(tmp_path):
+    flow = unet_flow()
+    loaded = round_trip(tmp_path, flow)
+    assert isinstance(loaded.velocity, nsi.FieldUNet) and loaded.velocity.widths == (4, 8)
+    for a, b in zip(array_leaves(flow), array_leaves(loaded), strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    x = jax.random.normal(jax.random.key(2), (16,))
+    np.testing.assert_array_equal(flow.velocity(0.3, x), loaded.velocity(0.3, x))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(shape=[1, 5, 5]), r"divisible by 2"),
+    (lambda c: c.update(shape=[1, 8, 8]), r"FieldUNet on images of 64 values, not 16"),
+    (lambda c: c.update(widths=[4, 8, 8]), r"stored arrays do not match"),
+    (lambda c: c.update(widths=[4, 16]), r"stored arrays|shape"),
+    (lambda c: c.update(activation="swish"), r"activation"),
+    (lambda c: c.update(shape=[1, 4]), r"channels, height, width"),
+    (lambda c: c.update(widths=[4, -8]), r"positive ints"),
+    (lambda c: c.pop("widths"), r"widths"),
+])
+def test_edited_unet_configs_are_refused(tmp_path, edit, message):
+    path = tmp_path / "flow.nsi"
+    nsi.save(path, unet_flow())
+    rewrite_meta(path, lambda meta: edit(_network_entry(meta)["config"]))
+    with pytest.raises(ValueError, match=message):
+        nsi.load(path)
