@@ -433,7 +433,8 @@ def _encode(obj, where: str):
 
 _NETWORK_CONFIG = {"dim": int, "width": int, "depth": int, "n_frequencies": int,
                    "residual": bool, "activation": str, "context_dim": int}
-_UNET_CONFIG = {"shape": list, "widths": list, "n_frequencies": int, "activation": str}
+_UNET_CONFIG = {"shape": list, "widths": list, "patch": int, "n_frequencies": int,
+                "activation": str}
 
 
 class _Decoder:

@@ -12,10 +12,12 @@ import numpyro_si as nsi
 KEY = jax.random.key(0)
 
 
-@pytest.mark.parametrize("shape, widths", [((1, 8, 8), (8, 16)), ((2, 4, 8), (8,)),
-                                           ((1, 12, 12), (4, 8, 8))])
-def test_output_shape_and_vmap(shape, widths):
-    net = nsi.FieldUNet(shape, widths=widths, key=KEY)
+@pytest.mark.parametrize("shape, widths, patch", [
+    ((1, 8, 8), (8, 16), 1), ((2, 4, 8), (8,), 1), ((1, 12, 12), (4, 8, 8), 1),
+    ((1, 8, 8), (8, 16), 2), ((3, 12, 6), (4,), 3),
+])
+def test_output_shape_and_vmap(shape, widths, patch):
+    net = nsi.FieldUNet(shape, widths=widths, patch=patch, key=KEY)
     size = int(np.prod(shape))
     x = jax.random.normal(jax.random.key(1), (3, size))
     t = jnp.array([0.0, 0.4, 1.0])
@@ -25,6 +27,22 @@ def test_output_shape_and_vmap(shape, widths):
     # the field depends on t and on x
     assert not np.allclose(net(0.1, x[0]), net(0.9, x[0]))
     assert not np.allclose(net(0.5, x[0]), net(0.5, x[1]))
+
+
+@pytest.mark.parametrize("patch", [1, 2])
+def test_a_pixel_acts_mostly_near_itself(patch):
+    """Convolutions are local: changing one pixel changes the output most within the network's
+    receptive field around that pixel (four 3x3 convolutions on patches of `patch` pixels), far
+    from its mirror image across the diagonal (checks that the patches are folded into channels
+    and unfolded back in place)."""
+    net = nsi.FieldUNet((1, 32, 32), widths=(4,), patch=patch, key=KEY)
+    x = jax.random.normal(jax.random.key(1), (1024,))
+    reach = 5 * patch
+    for row, col in ((3, 27), (24, 5)):
+        bumped = x.at[32 * row + col].add(3.0)
+        change = jnp.abs(net(0.5, bumped) - net(0.5, x)).reshape(32, 32)
+        r, c = np.unravel_index(int(jnp.argmax(change)), (32, 32))
+        assert abs(r - row) <= reach and abs(c - col) <= reach, (row, col, r, c)
 
 
 def test_gradients_reach_every_parameter():
@@ -41,6 +59,8 @@ def test_gradients_reach_every_parameter():
     (dict(shape=(1, 8, 8), widths=()), "non-empty"),
     (dict(shape=(1, 6, 6), widths=(4, 8, 8)), "divisible by 4"),
     (dict(shape=(1, 8, 8), activation="swish"), "activation"),
+    (dict(shape=(1, 12, 12), widths=(4, 8, 8), patch=2), "divisible by 8"),
+    (dict(shape=(1, 8, 8), patch=0), "patch must be a positive int"),
 ])
 def test_bad_options_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -1088,8 +1088,8 @@ def test_save_refuses_what_load_would_refuse(tmp_path):
 
 
 def unet_flow():
-    net = nsi.FieldUNet((1, 4, 4), widths=(4, 8), key=jax.random.key(1))
-    return nsi.SIFlow(nsi.OneSidedLinearInterpolant(), net, dim=16)
+    net = nsi.FieldUNet((1, 8, 8), widths=(4, 8), patch=2, key=jax.random.key(1))
+    return nsi.SIFlow(nsi.OneSidedLinearInterpolant(), net, dim=64)
 
 
 def _network_entry(meta):
@@ -1112,13 +1112,14 @@ def test_unet_flow_round_trip_is_bit_exact(tmp_path):
     assert isinstance(loaded.velocity, nsi.FieldUNet) and loaded.velocity.widths == (4, 8)
     for a, b in zip(array_leaves(flow), array_leaves(loaded), strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
-    x = jax.random.normal(jax.random.key(2), (16,))
+    x = jax.random.normal(jax.random.key(2), (64,))
     np.testing.assert_array_equal(flow.velocity(0.3, x), loaded.velocity(0.3, x))
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda c: c.update(shape=[1, 5, 5]), r"divisible by 2"),
-    (lambda c: c.update(shape=[1, 8, 8]), r"FieldUNet on images of 64 values, not 16"),
+    (lambda c: c.update(shape=[1, 6, 6]), r"divisible by 4"),
+    (lambda c: c.update(shape=[1, 4, 4]), r"FieldUNet on images of 16 values, not 64"),
+    (lambda c: c.update(patch=0), r"patch must be a positive int"),
     (lambda c: c.update(widths=[4, 8, 8]), r"stored arrays do not match"),
     (lambda c: c.update(widths=[4, 16]), r"stored arrays|shape"),
     (lambda c: c.update(activation="swish"), r"activation"),
