@@ -1,29 +1,39 @@
-"""How cost scales with the number of points: `log_prob` (time, throughput and peak memory, with
-the batches of `_solvers.POINTS_PER_BATCH` points that keep memory bounded) and training on data
-bigger than memory (a NumPy memmap read by `nsi.batches`).
+"""How cost scales with the number of points, the dimension and the number of devices: `log_prob`
+(time, throughput and peak memory, with the batches of `_solvers.POINTS_PER_BATCH` points that keep
+memory bounded), training on data bigger than memory (a NumPy memmap read by `nsi.batches`),
+training throughput against d (up to 784, with an image network) and against the number of
+(simulated) devices.
 
 The flow is the exact oracle flow to an 8-component Gaussian mixture in d dimensions (closed-form
 velocity, docs/math.md section 6; no training, so the numbers are the solver's alone), with the
 default settings (adaptive Tsit5, exact divergence, float32). For each N a fresh Python process
-draws N points of the mixture, evaluates `flow.log_prob` on all of them once to compile and once
-more to time, and reports the wall-clock of the timed call, points per second and the process's
-peak resident memory (`resource.getrusage(...).ru_maxrss`, which includes JAX and the compiled
-code: the baseline row, N = 1000, shows that share), with the solver steps per point. Rows
+draws N points of the mixture, compiles `flow.log_prob_with_info` for them (ahead of time, without
+running it), times one evaluation on all of them, and reports its wall-clock, points per second and
+the process's peak resident memory (`resource.getrusage(...).ru_maxrss`, which includes JAX and the
+compiled code: the baseline row, N = 1000, shows that share), with the solver steps per point. Rows
 marked "one vmap" raise the batch size to N (at N = 10^4 and 10^5), so every point's solver state
 is held at once: the memory that log_prob's batching bounds.
 
-Training (`--studies train`): for each N a float32 memmap of N x 8 rows (a two-component
-Gaussian mixture, written in chunks to a temporary file) is trained on in a fresh process:
-`build_flow` on its first 10^4 rows, then `train` on `nsi.batches(key, memmap, 512)` for 1000
-steps (validation on 2000 held-out rows). Reported: wall-clock, steps per second and peak
-resident memory; for comparison, the same training with the whole memmap loaded as one array
-(`np.asarray(memmap)` then `train(key, flow, array)`, the in-memory route), at the sizes that fit.
+Training (`--studies train`): for each N a float32 memmap of N x 8 rows (a two-component Gaussian
+mixture, written in chunks to a temporary file) is trained on in a fresh process: `build_flow` on
+its first 10^4 rows, then `train` on `nsi.batches(key, memmap, 512)` for 1000 steps (validation on
+2000 held-out rows). Reported: wall-clock, steps per second and peak resident memory; for
+comparison, the same training with the whole memmap loaded as one array (`np.asarray(memmap)` then
+`train(key, flow, array)`, the in-memory route), at the sizes that fit.
 
-Run: `.venv/bin/python benchmarks/scaling.py` (both studies: log_prob for N up to 10^6 at d = 2
-and 8, tens of minutes; training for N = 10^5 to 10^7); `--studies train` or `--studies log_prob`
-for one; `--quick` for small N that writes nothing. The tables go to `docs/benchmarks.md` between
-`<!-- scaling:start -->` and `<!-- scaling:end -->` (log_prob) and `<!-- scaling-train:start -->`
-and `<!-- scaling-train:end -->` (training).
+Training against the dimension (`--studies dims`): d = 2 (two moons), 64 (scikit-learn's 8x8
+digits) and 784 (the digits upscaled to 28x28), each with `build_flow`'s default `FieldMLP` and
+(images) a `FieldUNet`; steps per second of `train` with batches of 128 after a compiling call, and
+peak memory. Against the number of devices (`--studies devices`): the same training under
+`jax.set_mesh(nsi.data_mesh())` with 1 and 2 simulated CPU devices
+(`XLA_FLAGS=--xla_force_host_platform_device_count=2`), which share this machine's cores.
+
+Run: `.venv/bin/python benchmarks/scaling.py` (the log_prob and training studies: log_prob for N up
+to 10^6 at d = 2 and 8, tens of minutes; training for N = 10^5 to 10^7); `--studies train` or
+`--studies log_prob` for one, `--studies dims,devices` for the other two (scikit-learn: `make
+install-bench`); `--quick` for small sizes that write nothing. The tables go to
+`docs/benchmarks.md` between the markers `<!-- scaling:start -->` / `<!-- scaling:end -->`
+(log_prob), `scaling-train`, `scaling-dims` and `scaling-devices`.
 """
 
 from __future__ import annotations
@@ -144,8 +154,7 @@ mixture = GaussianMixture.random(jax.random.key(0), dim, 8)
 oracle = GaussianMixtureOracle(nsi.OneSidedLinearInterpolant(), mixture)
 flow = nsi.SIFlow(oracle.interpolant, oracle.velocity, dim=dim)
 x, _ = mixture.sample(jax.random.key(1), n)
-log_prob = jax.jit(flow.log_prob_with_info)
-jax.block_until_ready(log_prob(x))  # compile
+log_prob = jax.jit(flow.log_prob_with_info).lower(x).compile()  # compiled, not run
 tic = time.perf_counter()
 values, info = jax.block_until_ready(log_prob(x))
 seconds = time.perf_counter() - tic
@@ -191,6 +200,122 @@ def render(rows, load, command):
     return lines
 
 
+DIMS_START, DIMS_END = "<!-- scaling-dims:start -->", "<!-- scaling-dims:end -->"
+DEVICES_START, DEVICES_END = "<!-- scaling-devices:start -->", "<!-- scaling-devices:end -->"
+DIMS_STEPS, DIMS_BATCH = 200, 128
+
+# Training throughput against the dimension: one data set per d, the default FieldMLP or a
+# FieldUNet; the first `train` call compiles, the second (from where it ended) is timed.
+DIMS_CHILD = r"""
+import json, os, resource, sys, time
+import jax, jax.numpy as jnp, numpy as np
+import numpyro_si as nsi
+
+dim, network, steps, batch, devices = (int(sys.argv[1]), sys.argv[2], int(sys.argv[3]),
+                                       int(sys.argv[4]), int(sys.argv[5]))
+rng = np.random.default_rng(0)
+if dim == 2:
+    data = np.asarray(nsi.datasets.two_moons(jax.random.key(0), 4096))
+    side = None
+else:
+    from sklearn.datasets import load_digits
+    side = int(round(dim ** 0.5))
+    small = load_digits().data.reshape(-1, 8, 8).astype(np.float32) / 16.0
+    images = np.asarray(jax.image.resize(jnp.asarray(small), (small.shape[0], side, side),
+                                         "linear")) if side != 8 else small
+    data = images.reshape(len(images), dim) + 0.02 * rng.standard_normal((len(images), dim))
+data = data.astype(np.float32)
+key = jax.random.key(1)
+velocity = (nsi.FieldUNet((1, side, side), widths=(16, 32), patch=2 if side > 8 else 1,
+                          key=key) if network == "unet" else None)
+options = dict(batch_size=batch, validation=nsi.Validation(fraction=0.0), show_progress=False)
+mesh = nsi.data_mesh() if devices > 1 else None
+
+def run():
+    flow = nsi.build_flow(key, data, velocity_network=velocity)
+    flow, _ = nsi.train(jax.random.key(2), flow, data, num_steps=20, **options)  # compiles
+    tic = time.perf_counter()
+    flow, history = nsi.train(jax.random.key(3), flow, data, num_steps=steps, **options)
+    jax.block_until_ready(jax.tree.leaves(flow.velocity))
+    return flow, history, time.perf_counter() - tic
+
+if mesh is None:
+    flow, history, seconds = run()
+else:
+    with jax.set_mesh(mesh):
+        flow, history, seconds = run()
+params = sum(x.size for x in jax.tree.leaves(flow.velocity) if hasattr(x, "size"))
+print(json.dumps({"dim": dim, "network": network, "devices": jax.device_count(),
+                  "steps": int(history.num_steps), "seconds": seconds, "params": int(params),
+                  "batch": batch, "loss": float(history.train_loss[-1]),
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def measure_dims(dim: int, network: str, devices: int = 1, batch: int = DIMS_BATCH) -> dict:
+    env = None
+    if devices > 1:
+        env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
+                   + f" --xla_force_host_platform_device_count={devices}").strip())
+    result = subprocess.run([sys.executable, "-c", DIMS_CHILD, str(dim), network,
+                             str(DIMS_STEPS), str(batch), str(devices)],
+                            capture_output=True, text=True, check=True, env=env)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def render_dims(rows, load, command):
+    lines = [
+        "## training throughput against the dimension",
+        "",
+        f"Command: {command}. Machine: {machine()}; 1-minute load average {load[0]:.2f} at the"
+        f" start, {load[1]:.2f} at the end. d = 2: `nsi.datasets.two_moons` (4096 points);"
+        " d = 64 and 784: scikit-learn's 8x8 digits (1797), as they are or upscaled to 28x28,"
+        " plus N(0, 0.02^2) pixel noise. \"FieldMLP\": `build_flow`'s default network for d;"
+        " \"FieldUNet\": `nsi.FieldUNet((1, side, side), widths=(16, 32))`, with `patch=2` at"
+        " 28x28. Batches of"
+        f" {rows[0]['batch']}, no validation; a first `train` of 20 steps compiles, the next"
+        f" {DIMS_STEPS} are timed. Peak memory is the whole process's; each row is a fresh"
+        " process.",
+        "",
+        "| d | network | parameters | steps per second | points per second | peak memory (MB) |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        rate = row["steps"] / row["seconds"]
+        name = "FieldUNet" if row["network"] == "unet" else "FieldMLP"
+        lines.append(
+            f"| {row['dim']} | {name} | {row['params']:,} | {rate:.1f} |"
+            f" {rate * row['batch']:,.0f} | {row['peak_mb']:.0f} |"
+        )
+    return lines
+
+
+def render_devices(rows, load, command):
+    one = {(r["dim"], r["network"]): r["steps"] / r["seconds"] for r in rows if r["devices"] == 1}
+    lines = [
+        "## training throughput against the number of devices",
+        "",
+        f"Command: {command}. Machine: {machine()}; 1-minute load average {load[0]:.2f} at the"
+        f" start, {load[1]:.2f} at the end. Simulated CPU devices"
+        " (`XLA_FLAGS=--xla_force_host_platform_device_count=K`) sharing this machine's cores,"
+        " training under `jax.set_mesh(nsi.data_mesh())` (each batch split over the K"
+        " devices); otherwise as the table above. On one machine the devices share the same"
+        " cores, so this measures the cost of splitting (partitioning, the gradient"
+        " reduction), not a speed-up; real devices (GPUs, hosts) each bring their own compute.",
+        "",
+        "| d | network | batch | devices | steps per second | against one device |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        rate = row["steps"] / row["seconds"]
+        name = "FieldUNet" if row["network"] == "unet" else "FieldMLP"
+        lines.append(
+            f"| {row['dim']} | {name} | {row['batch']} | {row['devices']} | {rate:.1f} |"
+            f" {rate / one[(row['dim'], row['network'])]:.2f} |"
+        )
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small N; writes nothing")
@@ -198,9 +323,10 @@ def main(argv=None):
     parser.add_argument("--studies", default="log_prob,train")
     args = parser.parse_args(argv)
     studies = args.studies.split(",")
-    unknown = set(studies) - {"log_prob", "train"}
+    unknown = set(studies) - {"log_prob", "train", "dims", "devices"}
     if unknown:
-        parser.error(f"unknown studies {sorted(unknown)}; choose from log_prob, train")
+        parser.error(f"unknown studies {sorted(unknown)}; choose from log_prob, train, dims,"
+                     " devices")
     options = "".join(f" --{name} {value}" for name, value, default in (
         ("dims", args.dims, "2,8"), ("studies", args.studies, "log_prob,train"))
         if value != default)
@@ -236,6 +362,30 @@ def main(argv=None):
         print("\n".join(lines))
         if not args.quick:
             write_docs_region(OUT, TRAIN_START, TRAIN_END, lines)
+    if "dims" in studies:
+        cases = ((2, "mlp"), (64, "mlp"), (64, "unet")) if args.quick else (
+            (2, "mlp"), (64, "mlp"), (64, "unet"), (784, "mlp"), (784, "unet"))
+        load_start = os.getloadavg()[0]
+        rows = []
+        for dim, network in cases:
+            rows.append(measure_dims(dim, network))
+            print(rows[-1], flush=True)
+        lines = render_dims(rows, (load_start, os.getloadavg()[0]), command)
+        print("\n".join(lines))
+        if not args.quick:
+            write_docs_region(OUT, DIMS_START, DIMS_END, lines)
+    if "devices" in studies:
+        cases = ((64, "mlp", 512),) if args.quick else ((64, "mlp", 512), (784, "unet", 128))
+        load_start = os.getloadavg()[0]
+        rows = []
+        for dim, network, batch in cases:
+            for devices in (1, 2):
+                rows.append(measure_dims(dim, network, devices, batch))
+                print(rows[-1], flush=True)
+        lines = render_devices(rows, (load_start, os.getloadavg()[0]), command)
+        print("\n".join(lines))
+        if not args.quick:
+            write_docs_region(OUT, DEVICES_START, DEVICES_END, lines)
 
 
 if __name__ == "__main__":
