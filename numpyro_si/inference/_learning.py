@@ -57,7 +57,9 @@ class FlowLearning:
       sequence of temperatures in [0, 1): before the `n_rounds` posterior rounds, one round per
       temperature samples prior x likelihood^beta, so that chains all started in one mode (or a
       prior whose mass is far from some of the posterior's modes) still reach every mode the
-      prior reaches. Costs one round per temperature.
+      prior reaches. Costs one round per temperature. Use it for models with more than a few
+      modes even from spread-out starts: chains that never enter a mode's basin leave it out of
+      the flow (docs/benchmarks.md, the many-modes table).
     - `network`, `train_options`, `whiten`: as in `adaptive.run`.
     - `show_progress`: a progress bar over the rounds.
     """
