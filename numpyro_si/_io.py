@@ -437,6 +437,15 @@ _UNET_CONFIG = {"shape": list, "widths": list, "patch": int, "n_frequencies": in
                 "activation": str}
 
 
+def _abstract_network(cls, config: dict, dtype, where: str):
+    """`cls(**config)` built abstractly (array shapes only), its constructor's checks turned into
+    `_InvalidFile` naming `where`."""
+    try:
+        return eqx.filter_eval_shape(lambda: cls(**config, key=jax.random.key(0), dtype=dtype))
+    except (ValueError, TypeError, OverflowError) as error:
+        raise _InvalidFile(f"{where}: {error}") from None
+
+
 class _Decoder:
     """Rebuilds a saved configuration through the classes' constructors (so it is validated as
     a constructed one is), with abstract arrays (`jax.ShapeDtypeStruct`): nothing is allocated
@@ -503,12 +512,7 @@ class _Decoder:
                 f" {self.leaves_size} bytes of stored arrays hold: the stored arrays do not match"
                 " the stored configuration."
             )
-        try:
-            return eqx.filter_eval_shape(
-                lambda: FieldMLP(**config, key=jax.random.key(0), dtype=dtype)
-            )
-        except (ValueError, TypeError, OverflowError) as error:
-            raise _InvalidFile(f"{where}: {error}") from None
+        return _abstract_network(FieldMLP, config, dtype, where)
 
     def unet(self, obj, where):
         config = obj["config"]
@@ -530,12 +534,7 @@ class _Decoder:
                 f" {self.leaves_size} bytes of stored arrays hold: the stored arrays do not match"
                 " the stored configuration."
             )
-        try:
-            return eqx.filter_eval_shape(
-                lambda: FieldUNet(**config, key=jax.random.key(0), dtype=dtype)
-            )
-        except (ValueError, TypeError, OverflowError) as error:
-            raise _InvalidFile(f"{where}: {error}") from None
+        return _abstract_network(FieldUNet, config, dtype, where)
 
     def module(self, obj, where):
         _expect_keys(obj, {"__class__", "fields"}, set(), where)
