@@ -19,6 +19,11 @@ ACTIVATIONS = {
 }
 
 
+def _check_activation(activation) -> None:
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+
+
 # Dimensions up to which the default network is deep and narrow (see `default_network_size`).
 DEEP_NETWORK_MAX_DIM = 16
 
@@ -82,10 +87,7 @@ class FieldMLP(eqx.Module):
             raise ValueError(f"context_dim must be a non-negative integer, got {context_dim!r}.")
         if not (isinstance(width, int) and width >= 1 and isinstance(depth, int) and depth >= 1):
             raise ValueError(f"width and depth must be positive integers, got {width}, {depth}.")
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}."
-            )
+        _check_activation(activation)
         self.dim, self.width, self.depth = dim, width, depth
         self.n_frequencies, self.residual, self.activation = n_frequencies, residual, activation
         self.context_dim = context_dim
@@ -177,10 +179,7 @@ class FieldMLPSpec(eqx.Module):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < 1):
                 raise ValueError(f"{name} must be a positive integer or None, got {value!r}.")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}."
-            )
+        _check_activation(self.activation)
 
     def build(self, dim: int, *, context_dim: int = 0, key: PRNGKeyArray, dtype=None) -> FieldMLP:
         """A `FieldMLP` for `dim`-dimensional data (and a context of `context_dim`)."""
@@ -285,10 +284,7 @@ class FieldUNet(eqx.Module):
                 f" and halved {len(widths) - 1} times (height and width must be divisible by"
                 f" {factor}); use fewer widths or a smaller patch."
             )
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}."
-            )
+        _check_activation(activation)
         self.shape, self.widths, self.patch = shape, widths, patch
         self.n_frequencies, self.activation = n_frequencies, activation
         channels = shape[0] * patch * patch
