@@ -91,6 +91,7 @@ def _blobs(rng, n):
     return jnp.asarray(noisy.reshape(n, 64), dtype=jnp.float32)
 
 
+@pytest.mark.slow  # ~20 s; the guide's snippet trains a FieldUNet flow in the fast suite
 def test_trains_in_a_flow_and_saves_exactly(tmp_path):
     """A flow on 8x8 images with a FieldUNet velocity: the training loss falls, log_prob and
     samples are finite, and a saved flow reloads bit for bit."""
