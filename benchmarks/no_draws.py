@@ -1,5 +1,5 @@
 """Boosting a NumPyro model with no posterior draws, from chains all started in one mode:
-`MCMC(SIFlowBoost(NUTS(model)))` learning its flow (with and without tempering) against NUTS.
+`MCMC(SIFlowBoost(NUTS(model)))` learning its flow (tempered by default, and without) against NUTS.
 
 Targets: NumPyro models whose posterior has two well-separated modes of known weights, a prior
 N(0, 5^2 I) in d dimensions times a two-mode likelihood factor at -c and +c (every coordinate of
@@ -13,11 +13,12 @@ Every method's chains (and, for SIFlowBoost, its learning chains) start in the m
 
 - `NUTS`: NumPyro's NUTS, 4 chains, vectorized.
 - `SIFlowBoost, learned`: `SIFlowBoost(NUTS(model), learning=FlowLearning(start=one_mode))`:
-  the adaptive scheme from the one-mode starts, then NUTS plus frozen flow moves.
-- `SIFlowBoost, learned + tempering`: the same with `FlowLearning(tempering=True)` (prior x
-  likelihood^beta, beta = 0, 0.03, 0.1, 0.3, then 1).
+  the adaptive scheme from the one-mode starts, tempered as by default (prior x
+  likelihood^beta, beta = 0, 0.03, 0.1, 0.3, then 1), then NUTS plus frozen flow moves.
+- `SIFlowBoost, learned, tempering=None`: the same with `FlowLearning(tempering=None)`.
 - `SIFlowBoost, learned from the prior`: the default `FlowLearning()` (learning chains from the
-  prior; the MCMC chains still start where learning ended).
+  prior, tempered; the MCMC chains still start where learning ended), and the same with
+  `tempering=None`.
 - `NeuTra` and `flowMC` (its dual-moon tutorial's settings): the peers as `benchmarks/mcmc.py`
   runs them (`run_neutra`, `run_flowmc("flowmc")`, its full budget and 16 chains, all started in
   the minor mode; NeuTra's guide is fitted by SVI from its own initialisation, its NUTS chains
@@ -26,9 +27,10 @@ Every method's chains (and, for SIFlowBoost, its learning chains) start in the m
 
 Reported per target and method (mean ± sd over seeds, and per seed): the major mode's weight
 estimate (truth 0.7) from all chains' draws, its absolute error, the number of chains that ever
-visited both modes, the target gradient evaluations of learning and of the MCMC run (NumPyro's
-`num_steps` of the sampling phase, plus one per flow move), and wall-clock seconds (learning
-and compilation included).
+visited both modes, the largest split R-hat over the coordinates of x (NumPyro's
+`split_gelman_rubin`; it reads near 1 when all chains agree on one mode, too), the target
+gradient evaluations of learning and of the MCMC run (NumPyro's `num_steps` of the sampling
+phase, plus one per flow move), and wall-clock seconds (learning and compilation included).
 
 Run: `.venv/bin/python benchmarks/no_draws.py` (3 seeds; about half an hour on 2 cores;
 `--quick` for a smoke run that writes nothing). The table goes to `docs/benchmarks.md` between
@@ -51,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
+from numpyro.diagnostics import split_gelman_rubin
 from numpyro.infer import MCMC, NUTS
 
 from numpyro_si.inference import FlowLearning, SIFlowBoost
@@ -65,7 +68,8 @@ RESULTS = ROOT / "docs" / "figures" / "no_draws" / "results.json"
 START, END = "<!-- no-draws:start -->", "<!-- no-draws:end -->"
 WEIGHTS = (0.3, 0.7)
 TARGETS = {"two modes, 2-d, sd 0.3": (2, 0.3), "two modes, 6-d, sd 0.5": (6, 0.5)}
-METHODS = ("NUTS", "SIFlowBoost, learned", "SIFlowBoost, learned + tempering",
+METHODS = ("NUTS", "SIFlowBoost, learned, tempering=None", "SIFlowBoost, learned",
+           "SIFlowBoost, learned from the prior, tempering=None",
            "SIFlowBoost, learned from the prior", "NeuTra", "flowMC")
 N_CHAINS = 4
 
@@ -86,6 +90,11 @@ def model(dim, sd):
 def in_major_mode(x):
     """1 where a draw is nearer +c than -c: the sign of its projection on c."""
     return (np.asarray(x) @ np.ones(x.shape[-1]) > 0).astype(float)
+
+
+def largest_r_hat(x):
+    """The largest split R-hat over the coordinates of draws `(chains, draws, d)`."""
+    return float(np.max(split_gelman_rubin(np.asarray(x))))
 
 
 def one_mode_starts(key, dim, n):
@@ -127,6 +136,7 @@ def run_method(method, seed, dim, sd, budget):
             "method": method, "seed": seed, "weight": float(major.mean()),
             "error": abs(float(major.mean()) - WEIGHTS[1]),
             "chains_both": int(np.sum((major.min(axis=1) == 0) & (major.max(axis=1) == 1))),
+            "r_hat": largest_r_hat(x),
             "n_chains": int(x.shape[0]), "learning_evals": 0, "mcmc_evals": int(evals),
             "seconds": time.perf_counter() - tic,
         }
@@ -136,10 +146,10 @@ def run_method(method, seed, dim, sd, budget):
         init_params = starts
     else:
         learning = dict(n_chains=learning_chains, show_progress=False)
-        if method != "SIFlowBoost, learned from the prior":
+        if not method.startswith("SIFlowBoost, learned from the prior"):
             learning["start"] = one_mode_starts(key_learn_start, dim, learning_chains)
-        if method == "SIFlowBoost, learned + tempering":
-            learning["tempering"] = True
+        if method.endswith("tempering=None"):
+            learning["tempering"] = None
         kernel = SIFlowBoost(NUTS(model), learning=FlowLearning(**learning))
         init_params = None  # the chains start where learning ended
     mcmc = MCMC(kernel, num_warmup=warmup, num_samples=samples, num_chains=N_CHAINS,
@@ -159,6 +169,7 @@ def run_method(method, seed, dim, sd, budget):
         "method": method, "seed": seed, "weight": float(major.mean()),
         "error": abs(float(major.mean()) - WEIGHTS[1]),
         "chains_both": int(np.sum((major.min(axis=1) == 0) & (major.max(axis=1) == 1))),
+        "r_hat": largest_r_hat(x),
         "n_chains": N_CHAINS,
         "learning_evals": learning_evals, "mcmc_evals": int(num_steps.sum()) + flow_moves,
         "seconds": seconds,
@@ -177,16 +188,17 @@ def render(rows, seeds, budget, loads, command):
         f" Machine: {machine}; 1-minute load average {min(loads):.1f} to {max(loads):.1f}"
         f" between rows. NUTS and SIFlowBoost: {N_CHAINS} chains, {warmup} warm-up and"
         f" {samples} sampling iterations, vectorized; SIFlowBoost learns with {learning_chains}"
-        " chains and `FlowLearning`'s other defaults (NUTS local steps, three rounds). NeuTra"
+        " chains and `FlowLearning`'s other defaults (NUTS local steps, four tempered rounds"
+        " and three on the posterior). NeuTra"
         " and flowMC: as in the MCMC table's budget and peer-settings tables. Every chain"
         " starts in the minor mode (weight 0.3); the true weight of the other is 0.7. Cells:"
         " mean ± sd over the seeds,"
         " then the per-seed values. The script's docstring has the set-up.",
         "",
         "| target | method | weight of the major mode (truth 0.7) | per seed | abs. error |"
-        " chains that visited both modes | gradients, learning | gradients, MCMC (peers: the"
-        " whole run) | seconds |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        " chains that visited both modes | split R-hat, largest | gradients, learning |"
+        " gradients, MCMC (peers: the whole run) | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for target in TARGETS:
         for method in METHODS:
@@ -198,6 +210,7 @@ def render(rows, seeds, budget, loads, command):
                 f"| {target} | {method} | {pm(col['weight'], '.3f')} |"
                 f" {', '.join(f'{w:.2f}' for w in col['weight'])} | {pm(col['error'], '.3f')} |"
                 f" {', '.join(str(c) for c in col['chains_both'])} of {col['n_chains'][0]} |"
+                f" {max(col['r_hat']):.3f} |"
                 f" {pm(col['learning_evals'], '.0f')} | {pm(col['mcmc_evals'], '.0f')} |"
                 f" {pm(col['seconds'], '.0f')} |"
             )

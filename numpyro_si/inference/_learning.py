@@ -53,13 +53,16 @@ class FlowLearning:
     - `n_rounds`: learning rounds on the posterior itself.
     - `n_steps`: transitions per round.
     - `fit_steps`: optimiser steps of each round's training.
-    - `tempering`: `None` (default), `True` (the temperatures of `adaptive.Tempering`) or a
-      sequence of temperatures in [0, 1): before the `n_rounds` posterior rounds, one round per
-      temperature samples prior x likelihood^beta, so that chains all started in one mode (or a
-      prior whose mass is far from some of the posterior's modes) still reach every mode the
-      prior reaches. Costs one round per temperature. Use it for models with more than a few
-      modes even from spread-out starts: chains that never enter a mode's basin leave it out of
-      the flow (docs/benchmarks.md, the many-modes table).
+    - `tempering`: `True` (default: the temperatures of `adaptive.Tempering`, 0, 0.03, 0.1,
+      0.3), a sequence of temperatures in [0, 1), or `None` / `False` (off): before the
+      `n_rounds` posterior rounds, one round per temperature samples prior x likelihood^beta,
+      so that chains all started in one mode, or chains that never entered some mode's basin,
+      still reach every mode the prior reaches. It costs one round per temperature (about 2.5x
+      the learning gradients with the default temperatures); without it a flow learns only the
+      modes some learning chain visits, which can leave a mode out even from prior starts
+      (docs/benchmarks.md, the many-modes table). Turn it off for a model known to have one
+      mode when learning time matters; it needs a proper prior (the first temperature, 0,
+      samples the prior alone).
     - `network`, `train_options`, `whiten`: as in `adaptive.run`.
     - `show_progress`: a progress bar over the rounds.
     """
@@ -71,7 +74,7 @@ class FlowLearning:
     n_rounds: int = 3
     n_steps: int = 100
     fit_steps: int = 1000
-    tempering: Any = None
+    tempering: Any = True
     network: FieldMLPSpec = adaptive.ADAPTIVE_NETWORK
     train_options: dict | None = None
     whiten: bool = True
@@ -85,16 +88,16 @@ class FlowLearning:
                 f"start must be one of {STARTS} or a dict of values per latent site, got"
                 f" {self.start!r}."
             )
-        if not (self.tempering is None or self.tempering is True
-                or isinstance(self.tempering, Sequence)):
+        if not (self.tempering is None or isinstance(self.tempering, bool)
+                or (isinstance(self.tempering, Sequence) and not isinstance(self.tempering, str))):
             raise TypeError(
-                "tempering must be None, True or a sequence of temperatures in [0, 1), got"
+                "tempering must be True, None/False or a sequence of temperatures in [0, 1), got"
                 f" {self.tempering!r}."
             )
 
     def betas(self) -> tuple[float, ...]:
         """The temperatures below 1 (empty without tempering)."""
-        if self.tempering is None:
+        if self.tempering is None or self.tempering is False:
             return ()
         if self.tempering is True:
             return adaptive.DEFAULT_BETAS
@@ -150,7 +153,8 @@ def learn_flow(
     `result`, and `init_params(n)` to start MCMC chains where the learning chains ended.
 
     The flow learns the modes some learning chain visits: chains start from the prior, and
-    `tempering` carries them across barriers between modes before they sample the posterior.
+    tempering (on by default) carries them across barriers between modes before they sample the
+    posterior.
     """
     learning = FlowLearning() if learning is None else learning
     if not isinstance(learning, FlowLearning):
@@ -158,8 +162,10 @@ def learn_flow(
     model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
     log_density = log_target_from_model(model, *model_args, **model_kwargs)
     key_start, key_run = jax.random.split(key)
-    positions = _starts(key_start, log_density, learning)
     betas = learning.betas()
+    if betas and betas[0] == 0.0:
+        _check_prior_is_proper(key_start, log_density)
+    positions = _starts(key_start, log_density, learning)
     tempering = (adaptive.Tempering(log_density.log_prior, betas) if betas else None)
     result = adaptive.run(
         key_run, log_density, positions, local=learning.local, n_local=learning.n_local,
@@ -192,7 +198,8 @@ def _starts(key, log_density: ModelLogDensity, learning: FlowLearning) -> Float[
         except Exception as error:  # noqa: BLE001 - e.g. an improper prior cannot be sampled
             raise ValueError(
                 f"drawing the chains' starts from the model's prior failed ({type(error).__name__}:"
-                f" {error}); pass FlowLearning(start='uniform')."
+                f" {error}); pass FlowLearning(start='uniform')"
+                + (", and tempering=None if the prior is improper." if learning.betas() else ".")
             ) from error
     values, gradients = jax.jit(jax.vmap(jax.value_and_grad(log_density)))(positions)
     good = np.asarray(jnp.isfinite(values) & jnp.all(jnp.isfinite(gradients), axis=-1))
@@ -206,3 +213,18 @@ def _starts(key, log_density: ModelLogDensity, learning: FlowLearning) -> Float[
             " space; check the model, or start the chains yourself with adaptive.run."
         )
     return positions
+
+
+def _check_prior_is_proper(key, log_density: ModelLogDensity) -> None:
+    """Tempering's first temperature, 0, samples the prior alone: refuse a prior that cannot be
+    sampled (an improper one, e.g. `ImproperUniform`), on which those chains would drift away."""
+    try:
+        log_density.sample_prior(key, 1)
+    except Exception as error:  # noqa: BLE001 - e.g. ImproperUniform cannot be sampled
+        raise ValueError(
+            "FlowLearning's tempering starts from the prior alone (temperature 0), but the"
+            f" model's prior cannot be sampled ({type(error).__name__}: {error}); an improper"
+            " prior has no distribution to sample there. Pass FlowLearning(tempering=None,"
+            " start='uniform'), or temperatures starting above 0, e.g. tempering=(0.03, 0.1,"
+            " 0.3)."
+        ) from error

@@ -81,8 +81,9 @@ class SIFlowBoost(MCMCKernel):
     - `n_local`: inner steps per transition (each transition ends with one flow move). The inner
       kernel's warm-up spans `num_warmup * n_local` of its steps, i.e. the whole warm-up phase.
     - `learning`: how the flow is learned when none is given, a `FlowLearning` (default
-      `FlowLearning()`: 16 chains from the prior, NUTS local steps, three rounds; `tempering=True`
-      for modes the prior's draws do not reach directly).
+      `FlowLearning()`: 16 chains from the prior, NUTS local steps, four tempered rounds from
+      the prior towards the posterior, then three on the posterior; `tempering=None` skips the
+      tempered rounds).
     - `proposal_density`: how log q of a flow proposal is computed: `"backward"` (default: a
       flow draw, then a backward density solve), `"forward"` (draw and log q from one forward
       solve that integrates the divergence along it: one solve instead of two, the same density

@@ -91,8 +91,10 @@ def test_learning_options_are_checked():
         FlowLearning(start="box")
     with pytest.raises(ValueError, match="n_chains must be an int >= 1"):
         FlowLearning(n_chains=0)
-    with pytest.raises(TypeError, match="tempering must be None, True or a sequence"):
+    with pytest.raises(TypeError, match="tempering must be True, None/False or a sequence"):
         FlowLearning(tempering=0.5)
+    with pytest.raises(TypeError, match="tempering must be True, None/False or a sequence"):
+        FlowLearning(tempering="yes")
     with pytest.raises(TypeError, match="learning must be a FlowLearning"):
         SIFlowBoost(NUTS(scale_model), learning={"n_chains": 4})
     with pytest.raises(ValueError, match="built from a potential_fn"):
@@ -101,6 +103,28 @@ def test_learning_options_are_checked():
         learn_flow(jax.random.key(0), scale_model, (Y,),
                    learning=FlowLearning(**TINY | {"start": {"m": jnp.zeros(3),
                                                              "s": jnp.ones(3)}}))
+
+
+def test_learning_is_tempered_by_default_and_can_be_turned_off():
+    assert FlowLearning().betas() == adaptive.DEFAULT_BETAS
+    assert FlowLearning(tempering=True).betas() == adaptive.DEFAULT_BETAS
+    assert FlowLearning(tempering=None).betas() == FlowLearning(tempering=False).betas() == ()
+    assert FlowLearning(tempering=[0.1, 0.5]).betas() == (0.1, 0.5)
+
+
+def improper_model():
+    """A flat improper prior on m: tempering at beta = 0 would sample nothing proper."""
+    m = numpyro.sample("m", dist.ImproperUniform(dist.constraints.real, (), ()))
+    numpyro.sample("y", dist.Normal(m, 1.0), obs=Y)
+
+
+def test_tempering_refuses_an_improper_prior_by_name():
+    with pytest.raises(ValueError, match=r"prior cannot be sampled.*tempering=None"):
+        learn_flow(jax.random.key(0), improper_model, learning=FlowLearning(**TINY))
+    # with starts of its own it is refused too: the first temperature samples the prior alone
+    with pytest.raises(ValueError, match=r"prior cannot be sampled.*tempering=None"):
+        learn_flow(jax.random.key(0), improper_model,
+                   learning=FlowLearning(**TINY | {"start": "uniform"}))
 
 
 def test_learning_refuses_a_traced_init():
@@ -156,8 +180,10 @@ def test_tempered_learning_finds_a_mode_no_chain_started_in():
 
 @pytest.mark.slow
 def test_learning_from_the_prior_recovers_the_mode_weights():
-    """With the default starts (prior draws, spread over both modes) no tempering is needed."""
-    learning = FlowLearning(n_chains=8, n_steps=50, fit_steps=300, show_progress=False)
+    """With the default starts (prior draws, spread over both modes) two modes need no
+    tempering (`tempering=None`; the default tempers, `test_tempered_learning_...`)."""
+    learning = FlowLearning(n_chains=8, n_steps=50, fit_steps=300, tempering=None,
+                            show_progress=False)
     mcmc = MCMC(SIFlowBoost(NUTS(two_mode_model), learning=learning), num_warmup=200,
                 num_samples=500, num_chains=4, chain_method="vectorized", progress_bar=False)
     mcmc.run(jax.random.key(0), sd=0.5)

@@ -139,7 +139,7 @@ def test_siflowboost_gives_a_learned_flow_its_fixed_step_map():
         numpyro.sample("x", dist.Normal(jnp.array([1.0, -2.0]), 0.5).to_event(1))
 
     learning = FlowLearning(n_chains=4, local="mala", n_local=2, n_rounds=2, n_steps=10,
-                            fit_steps=30, show_progress=False)
+                            fit_steps=30, tempering=None, show_progress=False)
     kernel = SIFlowBoost(NUTS(model), learning=learning, proposal_density="map")
     mcmc = MCMC(kernel, num_warmup=10, num_samples=10, num_chains=2,
                 chain_method="vectorized", progress_bar=False)
