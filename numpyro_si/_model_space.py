@@ -101,15 +101,18 @@ class ModelLogDensity:
                 f"The model's unconstrained space has dimension {self.dim}: expected one point of"
                 f" shape ({self.dim},), got {u.shape}."
             )
-        return -self.potential_fn(self.unravel(u))
+        # blocked: the model's sites stay out of any model this is called from (e.g. a factor)
+        with numpyro.handlers.block():
+            return -self.potential_fn(self.unravel(u))
 
     def log_likelihood(self, u: Float[Array, " d"]) -> Float[Array, ""]:
         """log p(observations | latents) at one flat point: the log densities of the model's
         observed sample sites, `numpyro.factor` terms included, each scaled as in the joint."""
         u = jnp.asarray(u)
-        params = constrain_fn(self.model, self.model_args, self.model_kwargs, self.unravel(u))
-        model = numpyro.handlers.substitute(numpyro.handlers.seed(self.model, 0), data=params)
-        trace = numpyro.handlers.trace(model).get_trace(*self.model_args, **self.model_kwargs)
+        with numpyro.handlers.block():
+            params = constrain_fn(self.model, self.model_args, self.model_kwargs, self.unravel(u))
+            model = numpyro.handlers.substitute(numpyro.handlers.seed(self.model, 0), data=params)
+            trace = numpyro.handlers.trace(model).get_trace(*self.model_args, **self.model_kwargs)
         total = jnp.zeros((), u.dtype)
         for site in trace.values():
             if site["type"] == "sample" and site["is_observed"]:

@@ -58,6 +58,19 @@ def test_log_prior_and_log_likelihood_split_the_log_density():
                                rtol=1e-5)
 
 
+def test_a_model_log_density_can_be_used_inside_another_model():
+    """Its sites stay out of the calling model's trace (NeuTra, a factor of another model)."""
+    log_density = log_target_from_model(scale_model, Y)
+
+    def outer():
+        u = numpyro.sample("u", dist.ImproperUniform(dist.constraints.real_vector, (), (2,)))
+        numpyro.factor("log_pi", log_density(u) + log_density.log_likelihood(u))
+
+    u = jnp.array([0.3, -0.5])
+    value, _ = numpyro.infer.util.log_density(outer, (), {}, {"u": u})
+    np.testing.assert_allclose(value, log_density(u) + log_density.log_likelihood(u), rtol=1e-6)
+
+
 @pytest.mark.slow  # compiles a learning run and MCMC: kept out of the 15-minute fast suite; `make test-all`
 def test_boost_with_no_flow_learns_one_and_starts_where_learning_ended():
     kernel = SIFlowBoost(NUTS(scale_model), learning=FlowLearning(**TINY))
