@@ -54,3 +54,43 @@ def mean_sd(values, spec: str) -> str:
     if len(values) == 1:
         return format(values[0], spec)
     return f"{format(values.mean(), spec)} ± {format(values.std(ddof=1), spec)}"
+
+
+def run_rows(path: Path, units: list[dict], measure, *, meta: dict, resume: bool,
+             quick: bool) -> tuple[dict, list[float]]:
+    """Measure one row per unit, keeping the rows in `path` as they come (a crash loses one row;
+    `resume=True` continues a stored unfinished run with the same `meta`), and dropping compiled
+    code between rows (a long process otherwise accumulates it until LLVM cannot map more).
+
+    - `units`: dicts naming each row (e.g. `{"target": ..., "seed": ..., "method": ...}`), in
+      the order to measure them; `measure(unit) -> dict` measures one row.
+    - `meta`: what makes runs comparable (budget, seeds); stored beside the rows.
+
+    Returns the run (`{"run", "rows", "complete", **meta}`; the caller sets `complete` and
+    writes it once the table is rendered) and the 1-minute load averages seen between rows.
+    """
+    import os
+    import time
+
+    import jax
+
+    run = {"run": time.strftime("%Y%m%dT%H%M%S"), "rows": [], "complete": False, **meta}
+    if resume:
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        if stored.get("complete", True) or any(stored.get(k) != v for k, v in meta.items()):
+            raise SystemExit(f"--resume: {path} holds no unfinished run with these settings")
+        run = stored
+    rows = run["rows"]
+    done = [{k: row[k] for k in unit} for row in rows for unit in units[:1]]
+    loads = [os.getloadavg()[0], *(row["load"] for row in rows)]
+    for unit in units:
+        if unit in done:
+            continue
+        row = {**measure(unit), **unit, "load": os.getloadavg()[0]}
+        loads.append(row["load"])
+        rows.append(row)
+        print({k: v for k, v in row.items() if not isinstance(v, list)}, flush=True)
+        if not quick:
+            write_json(path, run)
+        jax.clear_caches()
+    return run, loads

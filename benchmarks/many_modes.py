@@ -41,7 +41,6 @@ nothing; `--resume` continues a stored run). The table goes to `docs/benchmarks.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -60,7 +59,7 @@ from numpyro_si.inference import FlowLearning, SIFlowBoost
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_io import mean_sd as pm  # noqa: E402
-from _bench_io import write_docs_region, write_json  # noqa: E402
+from _bench_io import run_rows, write_docs_region, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks.md"
@@ -189,30 +188,12 @@ def main(argv=None):
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     budget = (50, 50, 8) if args.quick else (500, 1000, 16)
-    run = {"run": time.strftime("%Y%m%dT%H%M%S"), "rows": [], "budget": list(budget),
-           "seeds": seeds, "complete": False}
-    if args.resume:
-        stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        if stored.get("complete", True) or stored.get("seeds") != seeds or (
-                stored.get("budget") != list(budget)):
-            raise SystemExit(f"--resume: {RESULTS} holds no unfinished run with these seeds")
-        run = stored
+    units = [{"seed": seed, "method": method} for seed in seeds
+             for method in METHODS[seed % len(METHODS):] + METHODS[:seed % len(METHODS)]]
+    run, loads = run_rows(
+        RESULTS, units, lambda unit: run_method(unit["method"], unit["seed"], budget),
+        meta={"budget": list(budget), "seeds": seeds}, resume=args.resume, quick=args.quick)
     rows = run["rows"]
-    done = {(row["seed"], row["method"]) for row in rows}
-    loads = [os.getloadavg()[0], *(row["load"] for row in rows)]
-    for seed in seeds:
-        order = METHODS[seed % len(METHODS):] + METHODS[:seed % len(METHODS)]
-        for method in order:
-            if (seed, method) in done:
-                continue
-            row = run_method(method, seed, budget)
-            row["load"] = os.getloadavg()[0]
-            loads.append(row["load"])
-            rows.append(row)
-            print({k: v for k, v in row.items() if k != "weights"}, flush=True)
-            if not args.quick:
-                write_json(RESULTS, run)
-            jax.clear_caches()  # compiled code of every run would otherwise accumulate
     command = "`.venv/bin/python benchmarks/many_modes.py" + (
         f" --seeds {args.seeds}`" if args.seeds != "0,1,2" else "`")
     if args.resume:

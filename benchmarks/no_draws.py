@@ -41,7 +41,6 @@ Run: `.venv/bin/python benchmarks/no_draws.py` (3 seeds; about half an hour on 2
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -60,7 +59,7 @@ from numpyro_si.inference import FlowLearning, SIFlowBoost
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_io import mean_sd as pm  # noqa: E402
-from _bench_io import write_docs_region, write_json  # noqa: E402
+from _bench_io import run_rows, write_docs_region, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks.md"
@@ -226,34 +225,18 @@ def main(argv=None):
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     budget = (50, 50, 8) if args.quick else (500, 1000, 16)
-    run = {"run": time.strftime("%Y%m%dT%H%M%S"), "rows": [], "budget": list(budget),
-           "seeds": seeds, "complete": False}
-    if args.resume:
-        stored = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-        if stored.get("complete", True) or stored.get("seeds") != seeds or (
-                stored.get("budget") != list(budget)):
-            raise SystemExit(f"--resume: {RESULTS} holds no unfinished run with these seeds")
-        run = stored
-    rows = run["rows"]
-    done = {(row["target"], row["seed"], row["method"]) for row in rows}
-    loads = [os.getloadavg()[0], *(row["load"] for row in rows)]
+    units = []
     for seed in seeds:
-        for index, (target, (dim, sd)) in enumerate(TARGETS.items()):
+        for index, target in enumerate(TARGETS):
             # a rotating order, so machine load falls on every method alike
-            order = METHODS[(seed + index) % len(METHODS):] + METHODS[:(seed + index) % len(METHODS)]
-            for method in order:
-                if (target, seed, method) in done:
-                    continue
-                row = run_method(method, seed, dim, sd, budget)
-                row.update(target=target, load=os.getloadavg()[0])
-                loads.append(row["load"])
-                rows.append(row)
-                print(row, flush=True)
-                if not args.quick:  # kept as it goes, so a crash loses one row (--resume)
-                    write_json(RESULTS, run)
-                # every run compiles afresh; a long process accumulates compiled code until
-                # LLVM cannot map more ("Cannot allocate memory"), so drop it between rows
-                jax.clear_caches()
+            shift = (seed + index) % len(METHODS)
+            units += [{"target": target, "seed": seed, "method": method}
+                      for method in METHODS[shift:] + METHODS[:shift]]
+    run, loads = run_rows(
+        RESULTS, units,
+        lambda unit: run_method(unit["method"], unit["seed"], *TARGETS[unit["target"]], budget),
+        meta={"budget": list(budget), "seeds": seeds}, resume=args.resume, quick=args.quick)
+    rows = run["rows"]
     command = "`.venv/bin/python benchmarks/no_draws.py" + (
         f" --seeds {args.seeds}`" if args.seeds != "0,1,2" else "`")
     if args.resume:
