@@ -30,7 +30,7 @@ demo: install
 # `--dist worksteal` rebalances the two workers near the end, where one long test would otherwise
 # run alone.
 test: install
-	$(PY) -m pytest -q -n 2 --dist worksteal
+	$(PY) -m pytest -q -n 2 --dist worksteal --durations=15
 
 test-all: install
 	NSI_HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -q -n 2 --dist worksteal -m ""
