@@ -57,8 +57,8 @@ class FlowLearning:
       0.3), a sequence of temperatures in [0, 1), or `None` / `False` (off): before the
       `n_rounds` posterior rounds, one round per temperature samples prior x likelihood^beta,
       so that chains all started in one mode, or chains that never entered some mode's basin,
-      still reach every mode the prior reaches. It costs one round per temperature (about 2.5x
-      the learning gradients with the default temperatures); without it a flow learns only the
+      still reach every mode the prior reaches. It costs one round per temperature (2.6-2.9x
+      the learning gradients with the default temperatures, measured); without it a flow learns only the
       modes some learning chain visits, which can leave a mode out even from prior starts
       (docs/benchmarks.md, the many-modes table). Turn it off for a model known to have one
       mode when learning time matters; it needs a proper prior (the first temperature, 0,
