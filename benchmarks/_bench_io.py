@@ -94,3 +94,41 @@ def run_rows(path: Path, units: list[dict], measure, *, meta: dict, resume: bool
             write_json(path, run)
         jax.clear_caches()
     return run, loads
+
+
+def row_run_args(description: str, argv=None):
+    """The options of a `run_rows` benchmark: `--quick` (tiny budgets, writes nothing),
+    `--seeds` (comma-separated, default 0,1,2) and `--resume`; `args.seed_list` holds the
+    seeds as ints."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="tiny budgets; writes nothing")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the stored run (its rows are kept, the rest measured)")
+    args = parser.parse_args(argv)
+    args.seed_list = [int(s) for s in args.seeds.split(",")]
+    return args
+
+
+def run_command(script: str, args, run: dict) -> str:
+    """The command line a table cites: the script, its non-default seeds, and the run it
+    continued when resumed."""
+    command = f"`.venv/bin/python benchmarks/{script}" + (
+        f" --seeds {args.seeds}`" if args.seeds != "0,1,2" else "`")
+    if args.resume:
+        command += f" (run {run['run']}, continued with `--resume`)"
+    return command
+
+
+def finish_run(run: dict, lines: list[str], args, *, path: Path, out: Path, start: str,
+               end: str) -> None:
+    """Print the table; unless `--quick`, mark the run complete, store it and write the docs
+    region."""
+    print("\n".join(lines))
+    if args.quick:
+        return
+    run["complete"] = True
+    write_json(path, run)
+    write_docs_region(out, start, end, lines)

@@ -40,7 +40,6 @@ Run: `.venv/bin/python benchmarks/no_draws.py` (3 seeds; about half an hour on 2
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -58,8 +57,8 @@ from numpyro.infer import MCMC, NUTS
 from numpyro_si.inference import FlowLearning, SIFlowBoost
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench_io import finish_run, row_run_args, run_command, run_rows  # noqa: E402
 from _bench_io import mean_sd as pm  # noqa: E402
-from _bench_io import run_rows, write_docs_region, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks.md"
@@ -217,13 +216,8 @@ def render(rows, seeds, budget, loads, command):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny budgets; writes nothing")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the stored run (its rows are kept, the rest measured)")
-    args = parser.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    args = row_run_args(__doc__.splitlines()[0], argv)
+    seeds = args.seed_list
     budget = (50, 50, 8) if args.quick else (500, 1000, 16)
     units = []
     for seed in seeds:
@@ -237,17 +231,9 @@ def main(argv=None):
         lambda unit: run_method(unit["method"], unit["seed"], *TARGETS[unit["target"]], budget),
         meta={"budget": list(budget), "seeds": seeds}, resume=args.resume, quick=args.quick)
     rows = run["rows"]
-    command = "`.venv/bin/python benchmarks/no_draws.py" + (
-        f" --seeds {args.seeds}`" if args.seeds != "0,1,2" else "`")
-    if args.resume:
-        command += f" (run {run['run']}, continued with `--resume`)"
+    command = run_command("no_draws.py", args, run)
     lines = render(rows, args.seeds, budget, loads, command)
-    print("\n".join(lines))
-    if args.quick:
-        return
-    run["complete"] = True
-    write_json(RESULTS, run)
-    write_docs_region(OUT, START, END, lines)
+    finish_run(run, lines, args, path=RESULTS, out=OUT, start=START, end=END)
 
 
 if __name__ == "__main__":

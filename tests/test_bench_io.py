@@ -56,3 +56,27 @@ def test_a_quick_run_writes_nothing(tmp_path):
     path = tmp_path / "results.json"
     run, _ = run_rows(path, UNITS, lambda u: {}, meta=META, resume=False, quick=True)
     assert len(run["rows"]) == 4 and not path.exists()
+
+
+def test_the_cited_command_and_the_finished_run(tmp_path, capsys):
+    from _bench_io import finish_run, row_run_args, run_command
+
+    args = row_run_args("d", ["--seeds", "0,1"])
+    assert args.seed_list == [0, 1] and not args.quick
+    assert run_command("x.py", args, {"run": "r1"}) == "`.venv/bin/python benchmarks/x.py --seeds 0,1`"
+    resumed = row_run_args("d", ["--resume"])
+    assert run_command("x.py", resumed, {"run": "r1"}) == (
+        "`.venv/bin/python benchmarks/x.py` (run r1, continued with `--resume`)")
+
+    path, out = tmp_path / "results.json", tmp_path / "bench.md"
+    out.write_text("# B\n\n<!-- a:start -->\nold\n<!-- a:end -->\n\nkept\n")
+    quick = row_run_args("d", ["--quick"])
+    run = {"run": "r1", "rows": [], "complete": False}
+    finish_run(run, ["| t |"], quick, path=path, out=out, start="<!-- a:start -->",
+               end="<!-- a:end -->")
+    assert not path.exists() and "old" in out.read_text() and run["complete"] is False
+    finish_run(run, ["| t |"], args, path=path, out=out, start="<!-- a:start -->",
+               end="<!-- a:end -->")
+    assert json.loads(path.read_text())["complete"] is True
+    assert out.read_text() == "# B\n\n<!-- a:start -->\n| t |\n<!-- a:end -->\n\nkept\n"
+    assert "| t |" in capsys.readouterr().out
