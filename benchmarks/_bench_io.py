@@ -81,7 +81,8 @@ def run_rows(path: Path, units: list[dict], measure, *, meta: dict, resume: bool
             raise SystemExit(f"--resume: {path} holds no unfinished run with these settings")
         run = stored
     rows = run["rows"]
-    done = [{k: row[k] for k in unit} for row in rows for unit in units[:1]]
+    names = units[0].keys() if units else ()  # every unit names its row by the same keys
+    done = [{k: row[k] for k in names} for row in rows]
     loads = [os.getloadavg()[0], *(row["load"] for row in rows)]
     for unit in units:
         if unit in done:
